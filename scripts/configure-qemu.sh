@@ -1,0 +1,28 @@
+#!/bin/sh
+# Configure build/qemu for a lean x86_64-softmmu build in build/qemu/build.
+# Firmware comes from Debian's seabios, ipxe-qemu and qemu-system-data at their
+# installed paths, so build/bin/qemu-system-x86_64 runs without -L.
+# QEMU_DOCS=1 builds the docs as well (needs python3-sphinx, python3-sphinx-rtd-theme).
+# QEMU_SANITIZE=1 builds with AddressSanitizer and UBSan into build/qemu/build-asan.
+set -eu
+top=$(cd "$(dirname "$0")/.." && pwd)
+tree=$top/build/qemu
+bdir=${QEMU_BUILD_DIR:-$tree/build}
+docs=--disable-docs
+[ "${QEMU_DOCS:-0}" = 1 ] && docs=--enable-docs
+extra=
+[ "${QEMU_SANITIZE:-0}" = 1 ] && extra="--enable-sanitizers --disable-stack-protector"
+mkdir -p "$bdir"
+cd "$bdir"
+# shellcheck disable=SC2086
+"$tree/configure" \
+    --meson=/usr/bin/meson \
+    --target-list=x86_64-softmmu \
+    --without-default-features \
+    --enable-kvm --enable-tcg \
+    --enable-slirp \
+    --enable-vhost-user --enable-vhost-kernel --enable-vhost-net \
+    --enable-tools \
+    --disable-werror \
+    --firmwarepath=/usr/share/qemu:/usr/share/seabios:/usr/lib/ipxe/qemu \
+    $docs $extra

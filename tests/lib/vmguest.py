@@ -1,0 +1,329 @@
+"""Real-guest test harness: boot the tiny Linux guest (scripts/build-guest.sh)
+under TCG and talk to it over QMP and a serial command channel.
+
+    from vmguest import GuestVM
+    with GuestVM(extra_args=['-device', 'virtio-mem-pci,...']) as vm:
+        rc, out = vm.run('grep MemTotal /proc/meminfo')
+        vm.qmp('qom-set', path='/machine/peripheral/vmem0',
+               property='requested-size', value=1 << 30)
+        print(vm.hmp('info mtree'))
+
+The guest's console (ttyS0) goes to a log file; ttyS1 is a unix socket chardev
+carrying the command channel: we send one shell command line, the guest runs
+it with "sh -c" and answers with its output, "\\n@@END <rc>@@\\n".  The guest
+prints "@@READY@@" on ttyS1 whenever its /init is ready (after every boot).
+
+QEMU is launched with QEMU's own python package (qemu.machine.QEMUMachine from
+build/qemu/python).  QMP arguments are passed through verbatim (no '_' -> '-'
+conversion), so use dict unpacking for dashed names:
+vm.qmp('device_add', **{'driver': 'virtio-mem-pci', 'requested-size': 0}).
+
+Every failure raises VMError, whose text carries the QEMU command line, the
+QMP exchange so far, QEMU's own output and the tail of the guest console.
+"""
+
+import json
+import os
+import re
+import select
+import shlex
+import shutil
+import socket
+import sys
+import tempfile
+import time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
+sys.path.insert(0, os.path.join(ROOT, 'build', 'qemu', 'python'))
+
+from qemu.machine import QEMUMachine  # noqa: E402  pylint: disable=C0413
+
+GUEST_DIR = os.path.join(ROOT, 'build', 'guest')
+DEFAULT_APPEND = 'console=ttyS0 memhp_default_state=online_movable quiet'
+READY = b'@@READY@@\n'
+END_RE = re.compile(rb'\n@@END (-?\d+)@@\n')
+
+
+def default_binary():
+    """$QEMU_BINARY, else build/bin/qemu-system-x86_64, else the build dir's."""
+    env = os.environ.get('QEMU_BINARY')
+    if env:
+        return env
+    for path in (os.path.join(ROOT, 'build', 'bin', 'qemu-system-x86_64'),
+                 os.path.join(ROOT, 'build', 'qemu', 'build',
+                              'qemu-system-x86_64')):
+        if os.access(path, os.X_OK):
+            return path
+    raise FileNotFoundError('no qemu-system-x86_64 in build/bin or '
+                            'build/qemu/build (set QEMU_BINARY)')
+
+
+class VMError(Exception):
+    """A harness failure, with everything needed to see what happened."""
+
+    def __init__(self, message, context=''):
+        super().__init__(message)
+        self.message = message
+        self.context = context
+
+    def __str__(self):
+        return self.message + ('\n' + self.context if self.context else '')
+
+
+class GuestVM:
+    """One QEMU running the test guest.  Use as a context manager."""
+
+    # pylint: disable=too-many-instance-attributes,too-many-arguments
+    def __init__(self, binary=None, extra_args=(), memory='1G', maxmem=None,
+                 slots=None, machine='q35', accel='tcg', smp=1,
+                 kernel=None, initrd=None, append=DEFAULT_APPEND,
+                 boot_timeout=120, qmp_timeout=60, name='guest'):
+        self.binary = binary or default_binary()
+        self.kernel = kernel or os.path.join(GUEST_DIR, 'vmlinuz')
+        self.initrd = initrd or os.path.join(GUEST_DIR, 'initrd.img')
+        for path in (self.kernel, self.initrd):
+            if not os.path.exists(path):
+                raise VMError(f'{path} is missing: run scripts/build-guest.sh')
+        self.boot_timeout = boot_timeout
+        self.qmp_timeout = qmp_timeout
+        self.name = name
+        self.workdir = tempfile.mkdtemp(prefix='vmguest-')
+        self.console_log = os.path.join(self.workdir, 'console.log')
+        self.chan_path = os.path.join(self.workdir, 'cmd.sock')
+        self.qmp_log = []          # (direction, text) in order
+        self.boot_seconds = None   # launch -> first ready marker
+        self._chan = None
+        self._buf = b''
+        self._vm = None
+        self._popen = None
+
+        mem = memory
+        if maxmem:
+            mem += f',maxmem={maxmem}'
+        if slots is not None:
+            mem += f',slots={slots}'
+        self.args = [
+            '-accel', accel, '-machine', machine, '-nodefaults',
+            '-smp', str(smp), '-m', mem,
+            '-kernel', self.kernel, '-initrd', self.initrd, '-append', append,
+            '-chardev', f'file,id=con0,path={self.console_log}',
+            '-serial', 'chardev:con0',
+            '-chardev', f'socket,id=cmd0,path={self.chan_path},'
+                        'server=on,wait=off',
+            '-serial', 'chardev:cmd0',
+        ] + list(extra_args)
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def __enter__(self):
+        try:
+            self.launch()
+        except BaseException:
+            self.shutdown()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.shutdown()
+        return False
+
+    @property
+    def cmdline(self):
+        """The full QEMU command line (as launched, or as it will be)."""
+        # pylint: disable=protected-access
+        if self._vm is not None and self._vm._qemu_full_args:
+            return shlex.join(self._vm._qemu_full_args)
+        return shlex.join([self.binary] + self.args)
+
+    def launch(self, wait=True):
+        """Start QEMU, connect the command channel, wait for the guest."""
+        start = time.monotonic()
+        self._vm = QEMUMachine(self.binary, args=self.args, name=self.name,
+                               base_temp_dir=self.workdir,
+                               log_dir=self.workdir,
+                               qmp_timer=self.qmp_timeout)
+        try:
+            self._vm.launch()
+        except Exception as exc:
+            first = str(exc).splitlines()[0] if str(exc) else repr(exc)
+            raise self.error(f'QEMU failed to start: {first}') from exc
+        # pylint: disable=protected-access
+        self._popen = self._vm._popen
+        # QEMUMachine's timeout only covers the QMP handshake; bound every
+        # command too so that a wedged QEMU fails a test instead of hanging it.
+        self._vm._qmp.settimeout(self.qmp_timeout)
+        self._chan = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._chan.connect(self.chan_path)
+        except OSError as exc:
+            raise self.error(f'cannot connect to {self.chan_path}: '
+                              f'{exc}') from exc
+        if wait:
+            self.wait_ready()
+            self.boot_seconds = time.monotonic() - start
+
+    def shutdown(self):
+        """Kill QEMU (always, by its PID) and clean up.  Idempotent."""
+        if self._chan is not None:
+            self._chan.close()
+            self._chan = None
+        if self._popen is not None and self._popen.poll() is None:
+            self._popen.kill()          # SIGKILL to QEMU's PID
+            try:
+                self._popen.wait(timeout=30)
+            except Exception:  # pylint: disable=broad-except
+                pass
+        if self._vm is not None:
+            try:
+                self._vm.shutdown(hard=True)   # reaps, closes QMP, cleans up
+            except Exception:  # pylint: disable=broad-except
+                pass
+            self._vm = None
+        if os.environ.get('VMGUEST_KEEP'):
+            print(f'vmguest: logs kept in {self.workdir}', file=sys.stderr)
+        else:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def is_running(self):
+        return self._popen is not None and self._popen.poll() is None
+
+    # -- diagnostics -------------------------------------------------------
+
+    def console_tail(self, n=40):
+        """The last n lines of the guest console (ttyS0)."""
+        try:
+            with open(self.console_log, 'rb') as f:
+                data = f.read()
+        except OSError:
+            return ''
+        lines = data.decode('utf-8', 'replace').splitlines()
+        return '\n'.join(lines[-n:])
+
+    def qemu_output(self):
+        """QEMU's own stdout/stderr so far."""
+        try:
+            with open(os.path.join(self.workdir, self.name + '.log'),
+                      'rb') as f:
+                return f.read().decode('utf-8', 'replace')
+        except OSError:
+            return ''
+
+    def error(self, message, qmp_entries=40):
+        """A VMError for `message` carrying the full context."""
+        exit_note = ''
+        if self._popen is not None and self._popen.poll() is not None:
+            exit_note = f' (QEMU exited with status {self._popen.returncode})'
+        qmp = '\n'.join(f'  {d} {t}' for d, t in self.qmp_log[-qmp_entries:])
+        context = (f'--- QEMU command line:\n  {self.cmdline}\n'
+                   f'--- QMP exchange (last {qmp_entries}):\n'
+                   f'{qmp or "  (none)"}\n'
+                   f'--- QEMU output:\n{self.qemu_output().rstrip()}\n'
+                   f'--- guest console (tail):\n{self.console_tail()}')
+        return VMError(message + exit_note, context)
+
+    # -- QMP / HMP ---------------------------------------------------------
+
+    def qmp_raw(self, cmd, **args):
+        """Send a QMP command, return the whole reply ({'return'|'error'})."""
+        if self._vm is None:
+            raise self.error(f'QMP {cmd}: VM not launched')
+        self.qmp_log.append(('->', json.dumps({'execute': cmd,
+                                                'arguments': args})))
+        try:
+            reply = self._vm.qmp(cmd, args_dict=args)
+        except Exception as exc:
+            self.qmp_log.append(('<-', f'!! {type(exc).__name__}: {exc}'))
+            raise self.error(f'QMP {cmd} failed: '
+                              f'{type(exc).__name__}: {exc}') from exc
+        self.qmp_log.append(('<-', json.dumps(reply)[:2000]))
+        return reply
+
+    def qmp(self, cmd, **args):
+        """Send a QMP command, return its 'return' value; errors raise."""
+        reply = self.qmp_raw(cmd, **args)
+        if 'error' in reply:
+            raise self.error(f'QMP {cmd} returned an error: '
+                              f'{reply["error"].get("desc", reply["error"])}')
+        return reply.get('return')
+
+    def hmp(self, cmdline):
+        """Run an HMP command through human-monitor-command, return text."""
+        return self.qmp('human-monitor-command', **{'command-line': cmdline})
+
+    def mtree_lines(self, match):
+        """The `info mtree` lines that contain the substring `match`."""
+        return [line for line in self.hmp('info mtree').splitlines()
+                if match in line]
+
+    def system_reset(self, wait=True):
+        """QMP system_reset, then (by default) wait for the guest again."""
+        self._buf = b''
+        self.qmp('system_reset')
+        if wait:
+            self.wait_ready()
+
+    # -- command channel ---------------------------------------------------
+
+    def _read_until(self, pattern, timeout, what):
+        """Read the channel until `pattern` (bytes or regex) matches."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if isinstance(pattern, bytes):
+                idx = self._buf.find(pattern)
+                if idx >= 0:
+                    return idx
+            else:
+                m = pattern.search(self._buf)
+                if m:
+                    return m
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise self.error(f'timeout ({timeout}s) waiting for {what}; '
+                                  f'channel received: {self._buf[-500:]!r}')
+            if not self.is_running():
+                raise self.error(f'QEMU died while waiting for {what}')
+            ready, _, _ = select.select([self._chan], [], [], min(left, 0.5))
+            if ready:
+                try:
+                    data = self._chan.recv(65536)
+                except OSError as exc:
+                    raise self.error(f'command channel failed while waiting '
+                                     f'for {what}: {exc}') from exc
+                if not data:
+                    raise self.error(f'command channel closed while '
+                                      f'waiting for {what}')
+                self._buf += data
+
+    def wait_ready(self, timeout=None):
+        """Wait for the guest's ready marker (after boot or a reset)."""
+        timeout = timeout or self.boot_timeout
+        idx = self._read_until(READY, timeout, 'the guest ready marker')
+        self._buf = self._buf[idx + len(READY):]
+
+    def run(self, cmd, timeout=60, check=False):
+        """Run one shell command line in the guest -> (rc, output).
+
+        With check=True a non-zero exit status raises VMError.  After a
+        timeout the channel is out of step: tear the VM down.
+        """
+        if '\n' in cmd or '\r' in cmd:
+            raise ValueError('guest commands must be a single line')
+        if self._chan is None:
+            raise self.error(f'guest command {cmd!r}: VM not launched')
+        try:
+            self._chan.sendall(cmd.encode() + b'\n')
+        except OSError as exc:
+            raise self.error(f'cannot send guest command {cmd!r}: '
+                             f'{exc}') from exc
+        m = self._read_until(END_RE, timeout, f'guest command {cmd!r}')
+        out = self._buf[:m.start()].decode('utf-8', 'replace')
+        rc = int(m.group(1))
+        self._buf = self._buf[m.end():]
+        if check and rc != 0:
+            raise self.error(f'guest command {cmd!r} exited {rc}:\n{out}')
+        return rc, out
+
+    def meminfo(self, field='MemTotal'):
+        """A /proc/meminfo field of the guest, in bytes."""
+        _, out = self.run(f'grep "^{field}:" /proc/meminfo', check=True)
+        return int(out.split()[1]) * 1024
