@@ -69,3 +69,7 @@ check: $(QEMU) guest
 
 .PHONY: all deps fetch tree export check-patches check-prefixes guest demo check FORCE
 FORCE:
+
+# Suites and benchmarks bring their own targets.
+-include tests/e2e/e2e.mk
+-include bench/bench.mk
