@@ -3,10 +3,11 @@
 # Firmware comes from Debian's seabios, ipxe-qemu and qemu-system-data at their
 # installed paths, so build/bin/qemu-system-x86_64 runs without -L.
 # QEMU_DOCS=1 builds the docs as well (needs python3-sphinx, python3-sphinx-rtd-theme).
-# QEMU_SANITIZE=1 builds with AddressSanitizer and UBSan into build/qemu/build-asan.
+# QEMU_SANITIZE=1 builds with AddressSanitizer and UBSan.
+# QEMU_SRC_DIR and QEMU_BUILD_DIR override the source tree and build directory.
 set -eu
 top=$(cd "$(dirname "$0")/.." && pwd)
-tree=$top/build/qemu
+tree=${QEMU_SRC_DIR:-$top/build/qemu}
 bdir=${QEMU_BUILD_DIR:-$tree/build}
 docs=--disable-docs
 [ "${QEMU_DOCS:-0}" = 1 ] && docs=--enable-docs
