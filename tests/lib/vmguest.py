@@ -20,6 +20,17 @@ vm.qmp('device_add', **{'driver': 'virtio-mem-pci', 'requested-size': 0}).
 
 Every failure raises VMError, whose text carries the QEMU command line, the
 QMP exchange so far, QEMU's own output and the tail of the guest console.
+
+Migration (all optional, added for tests/e2e):
+
+    src = GuestVM(...); src.launch()
+    dst = GuestVM(..., binary=other, incoming='defer'); dst.launch(wait=False)
+    uri = dst.migrate_incoming_unix()        # listen on a unix socket
+    src.migrate(uri); src.wait_migration()   # -> 'completed'
+    dst.wait_runstate('running'); dst.run('...')   # same guest, new QEMU
+
+`mtree_regions()` / `mapped_memslots()` parse `info mtree`; `rss_bytes()`
+reads the QEMU process's VmRSS; `pid` is the QEMU process id.
 """
 
 import json
@@ -77,7 +88,8 @@ class GuestVM:
     def __init__(self, binary=None, extra_args=(), memory='1G', maxmem=None,
                  slots=None, machine='q35', accel='tcg', smp=1,
                  kernel=None, initrd=None, append=DEFAULT_APPEND,
-                 boot_timeout=120, qmp_timeout=60, name='guest'):
+                 boot_timeout=120, qmp_timeout=60, name='guest',
+                 incoming=None):
         self.binary = binary or default_binary()
         self.kernel = kernel or os.path.join(GUEST_DIR, 'vmlinuz')
         self.initrd = initrd or os.path.join(GUEST_DIR, 'initrd.img')
@@ -112,6 +124,8 @@ class GuestVM:
                         'server=on,wait=off',
             '-serial', 'chardev:cmd0',
         ] + list(extra_args)
+        if incoming:
+            self.args += ['-incoming', incoming]
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -187,6 +201,23 @@ class GuestVM:
     def is_running(self):
         return self._popen is not None and self._popen.poll() is None
 
+    @property
+    def pid(self):
+        """QEMU's process id (None before launch)."""
+        return self._popen.pid if self._popen is not None else None
+
+    def rss_bytes(self):
+        """VmRSS of the QEMU process, in bytes."""
+        try:
+            with open(f'/proc/{self.pid}/status') as f:
+                for line in f:
+                    if line.startswith('VmRSS:'):
+                        return int(line.split()[1]) * 1024
+        except OSError as exc:
+            raise self.error(f'cannot read /proc/{self.pid}/status: '
+                             f'{exc}') from exc
+        raise self.error(f'no VmRSS in /proc/{self.pid}/status')
+
     # -- diagnostics -------------------------------------------------------
 
     def console_tail(self, n=40):
@@ -254,6 +285,95 @@ class GuestVM:
         """The `info mtree` lines that contain the substring `match`."""
         return [line for line in self.hmp('info mtree').splitlines()
                 if match in line]
+
+    def mtree_regions(self, address_space='memory', text=None):
+        """Parse the `info mtree` section of one address space.
+
+        Returns a list of dicts, in order: start, end (inclusive), prio,
+        kind ('ram', 'i/o', 'romd', ...), name, depth (indent level) and,
+        for aliases, alias (the target region's name), alias_start and
+        alias_end (offsets within the target, inclusive).
+        """
+        text = self.hmp('info mtree') if text is None else text
+        return parse_mtree(text, address_space)
+
+    def mapped_memslots(self, memdev=None, text=None):
+        """The `memslot-N` aliases mapped in address space 'memory' (the
+        dynamic-memslots layout), optionally only those of one memdev id:
+        list of dicts (see mtree_regions) with an extra 'index'."""
+        out = []
+        for reg in self.mtree_regions('memory', text):
+            m = re.fullmatch(r'memslot-(\d+)', reg.get('name', ''))
+            if not m or 'alias' not in reg:
+                continue
+            if memdev is not None and reg['alias'] != memdev:
+                continue
+            reg['index'] = int(m.group(1))
+            out.append(reg)
+        return out
+
+    def wait_event(self, name, timeout=60, match=None):
+        """Wait for a QMP event (logged in the QMP exchange)."""
+        try:
+            ev = self._vm.event_wait(name, timeout=timeout, match=match)
+        except Exception as exc:  # asyncio.TimeoutError and friends
+            raise self.error(f'no QMP event {name} within {timeout}s '
+                             f'({type(exc).__name__})') from exc
+        self.qmp_log.append(('<-', json.dumps(ev)[:2000]))
+        return ev
+
+    def wait_runstate(self, want, timeout=60):
+        """Poll query-status until its status is `want`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            st = self.qmp('query-status')['status']
+            if st == want:
+                return
+            if time.monotonic() > deadline:
+                raise self.error(f'run state is {st!r} after {timeout}s, '
+                                 f'want {want!r}')
+            time.sleep(0.2)
+
+    # -- migration ---------------------------------------------------------
+
+    def migrate_incoming_unix(self):
+        """With incoming='defer': listen on a unix socket, return its URI."""
+        uri = 'unix:' + os.path.join(self.workdir, 'migrate.sock')
+        self.qmp('migrate-incoming', uri=uri)
+        return uri
+
+    def migrate(self, uri, max_bandwidth=None, downtime_limit=None,
+                capabilities=None):
+        """Start an outgoing migration to `uri` (returns at once)."""
+        params = {}
+        if max_bandwidth is not None:
+            params['max-bandwidth'] = max_bandwidth
+        if downtime_limit is not None:
+            params['downtime-limit'] = downtime_limit
+        if params:
+            self.qmp('migrate-set-parameters', **params)
+        if capabilities:
+            self.qmp('migrate-set-capabilities', capabilities=[
+                {'capability': k, 'state': v}
+                for k, v in capabilities.items()])
+        self.qmp('migrate', uri=uri)
+
+    def wait_migration(self, timeout=300, poll=0.5):
+        """Poll query-migrate until it ends; return the final info dict.
+        Raises VMError unless the status is 'completed'."""
+        deadline = time.monotonic() + timeout
+        while True:
+            info = self.qmp('query-migrate')
+            status = info.get('status')
+            if status == 'completed':
+                return info
+            if status in ('failed', 'cancelled'):
+                raise self.error(f'migration {status}: '
+                                 f'{info.get("error-desc", "")}')
+            if time.monotonic() > deadline:
+                raise self.error(f'migration not done after {timeout}s: '
+                                 f'{json.dumps(info)[:1000]}')
+            time.sleep(poll)
 
     def system_reset(self, wait=True):
         """QMP system_reset, then (by default) wait for the guest again."""
@@ -327,3 +447,44 @@ class GuestVM:
         """A /proc/meminfo field of the guest, in bytes."""
         _, out = self.run(f'grep "^{field}:" /proc/meminfo', check=True)
         return int(out.split()[1]) * 1024
+
+
+_MTREE_RE = re.compile(
+    r'^(?P<indent>\s*)(?P<start>[0-9a-f]+)-(?P<end>[0-9a-f]+) '
+    r'\(prio (?P<prio>-?\d+), (?P<kind>[^)]+)\): (?P<rest>.*)$')
+_ALIAS_RE = re.compile(
+    r'^alias (?P<name>\S+) @(?P<target>\S+) '
+    r'(?P<astart>[0-9a-f]+)-(?P<aend>[0-9a-f]+)')
+
+
+def parse_mtree(text, address_space='memory'):
+    """Parse one `address-space: NAME` section of `info mtree` output
+    (see GuestVM.mtree_regions)."""
+    regions = []
+    inside = False
+    for line in text.splitlines():
+        if line.startswith('address-space:') or \
+                line.startswith('memory-region:'):
+            if inside:
+                break
+            inside = line == f'address-space: {address_space}'
+            continue
+        if not inside:
+            continue
+        m = _MTREE_RE.match(line)
+        if not m:
+            continue
+        reg = {'start': int(m.group('start'), 16),
+               'end': int(m.group('end'), 16),
+               'prio': int(m.group('prio')), 'kind': m.group('kind'),
+               'depth': len(m.group('indent')) // 2}
+        rest = m.group('rest')
+        a = _ALIAS_RE.match(rest)
+        if a:
+            reg.update(name=a.group('name'), alias=a.group('target'),
+                       alias_start=int(a.group('astart'), 16),
+                       alias_end=int(a.group('aend'), 16))
+        else:
+            reg['name'] = rest.split(' ')[0]
+        regions.append(reg)
+    return regions

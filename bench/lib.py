@@ -1,0 +1,336 @@
+"""Shared helpers of the benchmarks: the QEMUs compared, launching them
+(QEMU's in-tree python/qemu), host kernel memory readings, statistics."""
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
+sys.path.insert(0, os.path.join(ROOT, 'build', 'qemu', 'python'))
+
+from qemu.machine import QEMUMachine  # noqa: E402  pylint: disable=C0413
+
+from vmemqtest import Qtest  # noqa: E402  pylint: disable=C0413
+
+KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
+
+PATCHED = os.path.join(ROOT, 'build', 'bin', 'qemu-system-x86_64')
+STOCK_DIR = os.path.join(ROOT, 'build', 'peers', 'stock-7.2')
+UPSTREAM = os.path.join(ROOT, 'build', 'peers', 'upstream-10.0',
+                        'qemu-system-x86_64')
+KVM_CPU = ['-cpu', 'qemu64,host-phys-bits=on']
+
+
+def stock_binary():
+    """Debian's stock 7.2 (scripts/fetch-stock-qemu.sh): its wrapper if it
+    made one, else the unpacked binary; $BENCH_STOCK_QEMU overrides."""
+    env = os.environ.get('BENCH_STOCK_QEMU')
+    if env:
+        return env
+    for p in (os.path.join(STOCK_DIR, 'qemu-system-x86_64'),
+              os.path.join(STOCK_DIR, 'usr', 'bin', 'qemu-system-x86_64')):
+        if os.access(p, os.X_OK):
+            return p
+    return os.path.join(STOCK_DIR, 'usr', 'bin', 'qemu-system-x86_64')
+
+
+class Config:
+    """One QEMU configuration compared: a binary plus the virtio-mem setting."""
+
+    def __init__(self, key, label, binary, dynamic, fw_args=()):
+        self.key, self.label, self.binary = key, label, binary
+        self.dynamic = dynamic          # None: property not given (stock)
+        self.fw_args = list(fw_args)
+
+    def vmem_props(self):
+        props = 'unplugged-inaccessible=on'
+        if self.dynamic is not None:
+            props += ',dynamic-memslots=' + ('on' if self.dynamic else 'off')
+        return props
+
+    def __repr__(self):
+        return self.key
+
+
+def configs():
+    # Debian's firmware for binaries unpacked outside /usr (Debian's 7.2 looks
+    # for its data relative to its own path).
+    sys_fw = ['-L', '/usr/share/qemu', '-L', '/usr/share/seabios']
+    return [
+        Config('stock', 'stock 7.2', stock_binary(), None, sys_fw),
+        Config('off', 'patched off', PATCHED, False),
+        Config('on', 'patched on', PATCHED, True),
+        Config('up-off', 'upstream 10.0 off', UPSTREAM, False),
+        Config('up-on', 'upstream 10.0 on', UPSTREAM, True),
+    ]
+
+
+def binary_version(binary):
+    try:
+        out = subprocess.run([binary, '--version'], capture_output=True,
+                             text=True, timeout=30, check=True).stdout
+        return out.splitlines()[0]
+    except (OSError, subprocess.SubprocessError, IndexError) as exc:
+        return f'unusable: {exc}'
+
+
+def wait_binary(path, timeout=120):
+    """build/bin/qemu-system-x86_64 is replaced now and then: wait for it."""
+    deadline = time.monotonic() + timeout
+    while not os.access(path, os.X_OK):
+        if time.monotonic() > deadline:
+            raise FileNotFoundError(path)
+        time.sleep(1)
+
+
+# -- host kernel memory --------------------------------------------------------
+
+def vmalloc_used():
+    with open('/proc/meminfo') as f:
+        for line in f:
+            if line.startswith('VmallocUsed:'):
+                return int(line.split()[1]) * KiB
+    raise RuntimeError('no VmallocUsed in /proc/meminfo')
+
+
+def mem_available():
+    with open('/proc/meminfo') as f:
+        for line in f:
+            if line.startswith('MemAvailable:'):
+                return int(line.split()[1]) * KiB
+    return 0
+
+
+def vmalloc_by_caller():
+    """{caller function: bytes} from /proc/vmallocinfo (lazily freed
+    'unpurged' areas left out)."""
+    out = {}
+    try:
+        with open('/proc/vmallocinfo') as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) < 3 or parts[2] == 'unpurged':
+                    continue
+                pages = next((int(p[6:]) for p in parts[3:]
+                              if p.startswith('pages=')), None)
+                size = pages * 4096 if pages is not None else int(parts[1])
+                caller = parts[2].split('+')[0]
+                out[caller] = out.get(caller, 0) + size
+    except OSError:
+        pass
+    return out
+
+
+def caller_delta(before, after, floor=1 * MiB):
+    keys = set(before) | set(after)
+    d = {k: after.get(k, 0) - before.get(k, 0) for k in keys}
+    return {k: v for k, v in d.items() if abs(v) >= floor}
+
+
+def settle_vmalloc(timeout=60, tol=1 * MiB, period=0.3):
+    """Wait until VmallocUsed stops moving (freeing a dead VM's memslot
+    metadata takes a while after the process is gone); return it."""
+    deadline = time.monotonic() + timeout
+    last = vmalloc_used()
+    stable = 0
+    while time.monotonic() < deadline:
+        time.sleep(period)
+        cur = vmalloc_used()
+        stable = stable + 1 if abs(cur - last) <= tol else 0
+        last = cur
+        if stable >= 2:
+            break
+    return last
+
+
+def kvm_usable():
+    """(ok, why): can we open /dev/kvm and start a paused VM?"""
+    if not os.path.exists('/dev/kvm'):
+        return False, '/dev/kvm does not exist'
+    if not os.access('/dev/kvm', os.R_OK | os.W_OK):
+        return False, '/dev/kvm is not accessible (permissions)'
+    try:
+        wait_binary(PATCHED)
+        with VM(PATCHED, ['-accel', 'kvm', '-S'] + KVM_CPU +
+                ['-machine', 'q35', '-m', '256M']) as vm:
+            vm.qmp('query-status')
+            kvm = vm.qmp('query-kvm')
+            if not kvm.get('enabled'):
+                return False, 'QEMU says KVM is not enabled'
+    except VMStartError as exc:
+        return False, f'a paused KVM VM does not start: {exc.short()}'
+    return True, ''
+
+
+# -- launching QEMU ------------------------------------------------------------
+
+class VMStartError(Exception):
+    def __init__(self, message, log=''):
+        super().__init__(message)
+        self.log = log
+
+    def short(self):
+        """QEMU's own error line(s), without warnings."""
+        lines = [ln.strip() for ln in self.log.splitlines()
+                 if ln.strip() and 'warning:' not in ln]
+        return '; '.join(dict.fromkeys(lines)) or str(self)
+
+
+class _Machine(QEMUMachine):
+    """QEMUMachine plus an optional qtest socket that does not force
+    '-accel qtest' (so it can sit beside '-accel kvm -S')."""
+
+    def __init__(self, *args, qtest_path=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.qtest_path = qtest_path
+        self.qt = None
+
+    @property
+    def _base_args(self):
+        args = super()._base_args
+        if self.qtest_path:
+            args += ['-qtest', f'unix:path={self.qtest_path}']
+        return args
+
+    def _pre_launch(self):
+        super()._pre_launch()
+        if self.qtest_path:
+            self.qt = Qtest(self.qtest_path)
+
+    def _post_launch(self):
+        super()._post_launch()
+        if self.qt:
+            self.qt.accept()
+
+    def _post_shutdown(self):
+        if self.qt:
+            self.qt.close()
+        super()._post_shutdown()
+
+
+class VM:
+    """One QEMU; `with VM(binary, args) as vm:` launches it and always kills
+    it (SIGKILL to its PID) on exit.  vm.start_seconds: exec -> QMP ready."""
+
+    def __init__(self, binary, args, qtest=False, timeout=300):
+        self.binary = binary
+        self.args = list(args)
+        self.workdir = tempfile.mkdtemp(prefix='bench-')
+        self.start_seconds = None
+        self.m = _Machine(binary, args=self.args, base_temp_dir=self.workdir,
+                          log_dir=self.workdir, qmp_timer=timeout,
+                          qtest_path=(os.path.join(self.workdir, 'qtest.sock')
+                                      if qtest else None))
+
+    def __enter__(self):
+        t0 = time.monotonic()
+        try:
+            self.m.launch()
+        except Exception as exc:   # pylint: disable=broad-except
+            log = self.m.get_log() or ''
+            self.close()
+            raise VMStartError(f'{type(exc).__name__}: '
+                               f'{str(exc).splitlines()[0] if str(exc) else ""}',
+                               log) from exc
+        self.start_seconds = time.monotonic() - t0
+        return self
+
+    @property
+    def qt(self):
+        return self.m.qt
+
+    @property
+    def pid(self):
+        # pylint: disable=protected-access
+        return self.m._popen.pid if self.m._popen else None
+
+    def qmp(self, cmd, **args):
+        reply = self.m.qmp(cmd, args_dict=args)
+        if 'error' in reply:
+            raise RuntimeError(f'QMP {cmd}: {reply["error"].get("desc")}')
+        return reply.get('return')
+
+    def close(self):
+        # pylint: disable=protected-access
+        popen = self.m._popen
+        if popen is not None and popen.poll() is None:
+            popen.kill()
+            try:
+                popen.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            self.m.shutdown(hard=True)
+        except Exception:   # pylint: disable=broad-except
+            pass
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+def machine_args(cfg, accel, ram_gib=1, dev_size=0, requested=0, extra=()):
+    """QEMU arguments: q35, `ram_gib` of boot RAM, and (dev_size > 0) one
+    virtio-mem-pci of dev_size bytes with cfg's dynamic-memslots setting."""
+    maxmem = ram_gib * GiB + dev_size
+    args = ['-machine', 'q35', '-nodefaults'] + cfg.fw_args
+    if accel == 'kvm':
+        args += ['-accel', 'kvm', '-S'] + KVM_CPU
+    else:       # TCG and qtest: enough address bits for 16 TiB devices
+        args += ['-accel', accel, '-cpu', 'qemu64,phys-bits=48']
+    if dev_size:
+        args += ['-m', f'{ram_gib}G,maxmem={maxmem // MiB}M',
+                 '-object',
+                 f'memory-backend-ram,id=mem0,size={dev_size // MiB}M,'
+                 'reserve=off',
+                 '-device', f'virtio-mem-pci,id=vmem0,memdev=mem0,'
+                 f'requested-size={requested},{cfg.vmem_props()}']
+    else:
+        args += ['-m', f'{ram_gib}G']
+    return args + list(extra)
+
+
+# -- statistics ------------------------------------------------------------------
+
+def summary(values):
+    """{'median','min','max','n'} of the numbers in values (None if empty)."""
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return None
+    return {'median': statistics.median(vals), 'min': min(vals),
+            'max': max(vals), 'n': len(vals)}
+
+
+def fmt_bytes(n, signed=False):
+    if n is None:
+        return '-'
+    sign = ''
+    if signed and n > 0:
+        sign = '+'
+    if n < 0:
+        sign, n = '-', -n
+    for unit, size in (('GiB', GiB), ('MiB', MiB), ('KiB', KiB)):
+        if n >= size:
+            v = n / size
+            return f'{sign}{v:.2f} {unit}' if v < 10 else \
+                f'{sign}{v:.1f} {unit}' if v < 100 else f'{sign}{v:.0f} {unit}'
+    return f'{sign}{n:.0f} B'
+
+
+def fmt_secs(s):
+    if s is None:
+        return '-'
+    if s < 1e-3:
+        return f'{s * 1e6:.0f} µs'
+    if s < 1:
+        return f'{s * 1e3:.1f} ms' if s < 0.1 else f'{s * 1e3:.0f} ms'
+    return f'{s:.2f} s'
+
+
+def fmt_size(n):
+    return f'{n // TiB} TiB' if n >= TiB and n % TiB == 0 else f'{n // GiB} GiB'
