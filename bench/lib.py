@@ -57,11 +57,11 @@ class Config:
 
 
 def configs():
-    # Debian's firmware for binaries unpacked outside /usr (Debian's 7.2 looks
-    # for its data relative to its own path).
-    sys_fw = ['-L', '/usr/share/qemu', '-L', '/usr/share/seabios']
+    """Every QEMU finds its firmware itself: the patched build and Debian's
+    7.2 (scripts/fetch-stock-qemu.sh links its data directories) look in
+    Debian's /usr/share, upstream's wrapper passes -L for its own prefix."""
     return [
-        Config('stock', 'stock 7.2', stock_binary(), None, sys_fw),
+        Config('stock', 'stock 7.2', stock_binary(), None),
         Config('off', 'patched off', PATCHED, False),
         Config('on', 'patched on', PATCHED, True),
         Config('up-off', 'upstream 10.0 off', UPSTREAM, False),
@@ -131,7 +131,7 @@ def caller_delta(before, after, floor=1 * MiB):
     return {k: v for k, v in d.items() if abs(v) >= floor}
 
 
-def settle_vmalloc(timeout=60, tol=1 * MiB, period=0.3):
+def settle_vmalloc(timeout=60, tol=1 * MiB, period=0.15):
     """Wait until VmallocUsed stops moving (freeing a dead VM's memslot
     metadata takes a while after the process is gone); return it."""
     deadline = time.monotonic() + timeout
@@ -281,6 +281,8 @@ def machine_args(cfg, accel, ram_gib=1, dev_size=0, requested=0, extra=()):
     args = ['-machine', 'q35', '-nodefaults'] + cfg.fw_args
     if accel == 'kvm':
         args += ['-accel', 'kvm', '-S'] + KVM_CPU
+    elif accel == 'tcg-paused':
+        args += ['-accel', 'tcg', '-S', '-cpu', 'qemu64,phys-bits=48']
     else:       # TCG and qtest: enough address bits for 16 TiB devices
         args += ['-accel', accel, '-cpu', 'qemu64,phys-bits=48']
     if dev_size:
@@ -290,6 +292,12 @@ def machine_args(cfg, accel, ram_gib=1, dev_size=0, requested=0, extra=()):
                  'reserve=off',
                  '-device', f'virtio-mem-pci,id=vmem0,memdev=mem0,'
                  f'requested-size={requested},{cfg.vmem_props()}']
+    elif ram_gib > 1:
+        # Large boot RAM: a backend without swap reservation (like the
+        # device's), so that 65 GiB on a 24 GiB host can be created.
+        args += ['-m', f'{ram_gib}G', '-machine', 'memory-backend=ram0',
+                 '-object', f'memory-backend-ram,id=ram0,size={ram_gib}G,'
+                 'reserve=off']
     else:
         args += ['-m', f'{ram_gib}G']
     return args + list(extra)

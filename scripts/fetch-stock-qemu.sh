@@ -71,12 +71,18 @@ fi
 [ -x "$BIN" ] || die "$BIN is missing after unpacking"
 [ -f "$DEST/usr/lib/x86_64-linux-gnu/qemu/accel-tcg-x86_64.so" ] ||
     die "$DEST has no accel-tcg-x86_64.so (from qemu-system-common)"
-# Firmware/data directories, relative to the relocatable binary.
+# Firmware/data directories, relative to the relocatable binary.  A
+# directory the packages already created (qemu-system-common ships
+# usr/share/qemu/vhost-user/) gets a link to each system entry it lacks.
 for d in share/qemu share/seabios lib/ipxe/qemu; do
     [ -d "/usr/$d" ] || die "/usr/$d is missing (see base/test-deps.txt)"
     if [ ! -e "$DEST/usr/$d" ]; then
         mkdir -p "$(dirname "$DEST/usr/$d")"
         ln -s "/usr/$d" "$DEST/usr/$d"
+    elif [ ! -L "$DEST/usr/$d" ]; then
+        for f in "/usr/$d"/*; do
+            [ -e "$DEST/usr/$d/${f##*/}" ] || ln -s "$f" "$DEST/usr/$d/${f##*/}"
+        done
     fi
 done
 
@@ -104,8 +110,15 @@ fi
 # --- 3. it runs and finds its firmware --------------------------------------
 "$BIN" --version | head -n 1 | grep -q 'Debian 1:7.2' ||
     die "$BIN --version does not say Debian 1:7.2: $("$BIN" --version | head -n 1)"
-# Realize the q35 7.2 machine (loads bios.bin and the option ROMs) and quit.
+# Realize the q35 7.2 machine with a -kernel (loads bios.bin, kvmvapic.bin,
+# linuxboot_dma.bin) and quit; QEMU only warns about missing option ROMs.
+kernel=$(mktemp "${TMPDIR:-/tmp}/fetch-stock-qemu.XXXXXX")
+trap 'rm -f "$kernel"' EXIT
+head -c 4096 /dev/zero > "$kernel"
 out=$(echo quit | timeout 60 "$BIN" -machine pc-q35-7.2 -accel tcg -nodefaults \
-      -display none -S -monitor stdio 2>&1) ||
+      -display none -S -monitor stdio -kernel "$kernel" 2>&1) ||
     die "$BIN cannot start a pc-q35-7.2 machine: $out"
+if echo "$out" | grep -q 'Could not open'; then
+    die "$BIN does not find its firmware: $out"
+fi
 say "ready: $BIN ($("$BIN" --version | head -n 1))"

@@ -69,5 +69,23 @@ if [ "$(git -C "$tree" rev-parse HEAD)" != "$(cat "$tree/.git/applied-head" 2>/d
     exit 1
 fi
 echo "make-tree: patches/ changed, re-applying the series on base"
+# Remember the files the old series touched, with content hash and mtime, so
+# that the ones the new series leaves unchanged get their mtime back and the
+# rebuild only covers what really changed.
+stamps=$(mktemp)
+trap 'rm -f "$stamps"' EXIT
+git -C "$tree" diff --name-only base HEAD | while read -r f; do
+    [ -f "$tree/$f" ] &&
+        printf '%s\t%s\t%s\n' "$(git -C "$tree" hash-object "$f")" \
+            "$(stat -c %y "$tree/$f")" "$f"
+done > "$stamps"
 git -C "$tree" reset -q --hard base
 apply_series
+kept=0
+while IFS="$(printf '\t')" read -r hash mtime f; do
+    if [ -f "$tree/$f" ] && [ "$(git -C "$tree" hash-object "$f")" = "$hash" ]; then
+        touch -d "$mtime" "$tree/$f"
+        kept=$((kept + 1))
+    fi
+done < "$stamps"
+echo "make-tree: $kept unchanged files keep their timestamps"

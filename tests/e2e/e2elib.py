@@ -67,6 +67,7 @@ def wait_for_binary(path, timeout=300):
 # -- the runner -------------------------------------------------------------
 
 TESTS = []
+HANDOVER = {}   # key -> (GuestVM, state): running VMs passed between tests
 
 
 def test(name):
@@ -84,6 +85,7 @@ class TestCtx:
         self.name = name
         self.vms = []
         self.notes = []     # findings to repeat in the summary
+        self._handed = {}
         self.start = time.monotonic()
 
     def log(self, msg):
@@ -118,6 +120,21 @@ class TestCtx:
         vm.shutdown()
         if pid and pid_alive(pid):
             raise Failure(f'QEMU pid {pid} still alive after shutdown')
+
+    def handover(self, key, vm, state):
+        """Pass a running VM (and some state) on to a later test, which
+        takes it with take(key).  Only if this test passes; the runner kills
+        VMs nobody took at the end of the run."""
+        self.vms.remove(vm)
+        self._handed[key] = (vm, state)
+
+    def take(self, key):
+        """(vm, state) handed over under `key` by an earlier test, or
+        (None, None).  The VM then belongs to this test."""
+        vm, state = HANDOVER.pop(key, (None, None))
+        if vm is not None:
+            self.vms.append(vm)
+        return vm, state
 
     def check(self, cond, msg):
         if not cond:
@@ -159,7 +176,9 @@ def print_context(t, exc):
                   f'      {vm.cmdline}')
             continue
         print(f'    ==== {vm.name} (pid {vm.pid}) ====')
-        for line in vm.error('context').context.splitlines():
+        for line in vm.error('context', qmp_entries=30).context.splitlines():
+            if len(line) > 600:
+                line = line[:600] + f' ...[{len(line) - 600} more]'
             print('    ' + line)
     print('    ---- end of failure ----', flush=True)
 
@@ -189,6 +208,10 @@ def run_tests(argv):
                       else str(exc)).splitlines()[0] if str(exc) else \
                 type(exc).__name__
             print_context(t, exc)
+        if status == 'PASS':
+            HANDOVER.update(t._handed)   # pylint: disable=protected-access
+        else:
+            t.vms += [vm for vm, _ in t._handed.values()]  # noqa pylint: disable=protected-access
         # Clean up every QEMU the test started, by PID.
         for vm in t.vms:
             pid = vm.pid
@@ -205,6 +228,13 @@ def run_tests(argv):
             line += f': {reason}'
         print(line, flush=True)
         results.append((name, status, dur, reason, t.notes))
+    for key, (vm, _) in list(HANDOVER.items()):
+        pid = vm.pid
+        vm.shutdown()
+        if pid and pid_alive(pid):
+            print(f'cleanup: QEMU pid {pid} ({key}) still alive')
+            results.append((f'cleanup {key}', 'FAIL', 0, 'QEMU alive', []))
+        del HANDOVER[key]
     total = time.monotonic() - t_all
     print('\n=== summary ===')
     for name, status, dur, reason, _ in results:

@@ -1,0 +1,28 @@
+# Benchmarks of the virtio-mem dynamic-memslots series (bench/README.md).
+# Included by the top Makefile.
+#
+#   make bench        the full comparison (stock 7.2, patched off/on,
+#                     upstream 10.0 off/on) -> bench/results/<date>-<host>.md,
+#                     .json and PNG charts; ~15-20 minutes
+#   make bench-quick  CI check (< 3 minutes): the 1 TiB idle memory saving
+#                     must hold; fails (exit 1) otherwise, skips loudly
+#                     without a usable /dev/kvm
+#
+# BENCH_ARGS passes options to bench/run.py (e.g. BENCH_ARGS='--runs 7').
+
+BENCH_PY := python3
+
+# The peers come from scripts that do nothing when their prefix is complete;
+# they run one after the other (both use the private apt state).
+bench: $(QEMU) guest
+	bench/install-deps.sh
+	scripts/fetch-stock-qemu.sh
+	scripts/fetch-upstream-qemu.sh
+	$(BENCH_PY) bench/run.py $(BENCH_ARGS)
+
+# Only the patched binary and upstream 10.0 take part in the quick check.
+bench-quick: $(QEMU)
+	scripts/fetch-upstream-qemu.sh
+	$(BENCH_PY) bench/run.py --quick $(BENCH_ARGS)
+
+.PHONY: bench bench-quick
