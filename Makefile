@@ -73,3 +73,5 @@ FORCE:
 # Suites and benchmarks bring their own targets.
 -include tests/e2e/e2e.mk
 -include bench/bench.mk
+-include tests/robust/robust.mk
+-include tests/libvirt/libvirt.mk
