@@ -509,11 +509,17 @@ def main():
     res['meta']['meta_per_page'] = per_page
     section('idle', lambda: bench_idle(cfgs, IDLE_SIZES, runs, res, per_page)
             if kvm_ok else None)
+    if 'plugged' in only and 'idle' not in only:
+        # Plugged cost is over the no-device VMs of item 1.
+        only.add('baseline')
+        section('baseline', lambda: bench_idle(cfgs, [], runs, res, per_page)
+                if kvm_ok else None)
     section('plugged', lambda: bench_plugged(cfgs, PLUG_SIZES, runs, res)
             if kvm_ok else None)
+    # Requests are cheap and noisy: more repetitions than runs elsewhere.
     section('requests', lambda: bench_requests(
-        cfgs, ['qtest', 'tcg-paused'] + (['kvm'] if kvm_ok else []), runs,
-        res))
+        cfgs, ['qtest', 'tcg-paused'] + (['kvm'] if kvm_ok else []),
+        2 * runs + 1, res))
     section('guest', lambda: bench_guest(
         [c for c in cfgs if c.key in ('stock', 'off', 'on')], GUEST_SIZES,
         runs, res))
