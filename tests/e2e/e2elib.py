@@ -9,6 +9,7 @@ fails, and can kill every QEMU the test started (by PID) when it ends.
 import hashlib
 import os
 import re
+import signal
 import sys
 import time
 import traceback
@@ -96,9 +97,10 @@ class TestCtx:
         self.notes.append(msg)
         self.log('NOTE: ' + msg)
 
-    def vm(self, binary=None, launch=True, **kw):
+    def vm(self, binary=None, launch=True, wait=None, **kw):
         """Create (and by default launch and boot) a GuestVM owned by the
-        test.  Extra keyword arguments go to GuestVM."""
+        test.  wait: wait for the guest's ready marker (default: unless
+        incoming).  Extra keyword arguments go to GuestVM."""
         binary = binary or PATCHED
         wait_for_binary(binary)
         kw.setdefault('machine', MACHINE)
@@ -106,7 +108,8 @@ class TestCtx:
         vm = GuestVM(binary=binary, **kw)
         self.vms.append(vm)
         if launch:
-            vm.launch(wait=not kw.get('incoming'))
+            vm.launch(wait=(not kw.get('incoming')) if wait is None
+                      else wait)
             if vm.pid:
                 self.log(f'{vm.name}: QEMU pid {vm.pid} '
                          f'({os.path.relpath(binary, ROOT)})'
@@ -183,8 +186,14 @@ def print_context(t, exc):
     print('    ---- end of failure ----', flush=True)
 
 
+def _sigterm(signum, frame):  # pylint: disable=unused-argument
+    raise SystemExit(128 + signum)
+
+
 def run_tests(argv):
     """Run the registered tests (optionally filtered by substrings)."""
+    signal.signal(signal.SIGTERM, _sigterm)
+    signal.signal(signal.SIGHUP, _sigterm)
     wanted = [a for a in argv if not a.startswith('-')]
     selected = [(n, f) for n, f in TESTS
                 if not wanted or any(w in n for w in wanted)]
@@ -200,7 +209,10 @@ def run_tests(argv):
             fn(t)
         except Skip as exc:
             status, reason = 'SKIP', str(exc)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, SystemExit):
+            print(f'    interrupted: killing the QEMUs of {name}', flush=True)
+            for vm in t.vms + [v for v, _ in HANDOVER.values()]:
+                vm.shutdown()
             raise
         except BaseException as exc:  # pylint: disable=broad-except
             status = 'FAIL'

@@ -18,7 +18,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import e2elib  # noqa: E402
-import test_memory  # noqa: E402,F401  pylint: disable=unused-import
+import test_memory  # noqa: E402,F401  pylint: disable=unused-import  # registers tests
 import test_migration  # noqa: E402,F401  pylint: disable=unused-import
 import test_kvm  # noqa: E402,F401  pylint: disable=unused-import
 

@@ -26,7 +26,7 @@ compared with the expected ones; then the writer starts again.
 import os
 import time
 
-from e2elib import (GiB, MiB, PATCHED, STOCK, test, memdev_args, vmem_args,
+from e2elib import (GiB, PATCHED, STOCK, test, memdev_args, vmem_args,
                     device_info, set_requested, settle, check_aliases,
                     direct_regions, container_regions, fmt,
                     guest_mount_scratch, guest_write_pattern, check_pattern,
@@ -169,7 +169,10 @@ def hop(t, src, state, dst_kind, resize_to=None):
               f'{fmt(dinfo["size"])} (source had {fmt(src_size_at_end)})')
         t.eq(dinfo['size'], src_size_at_end,
              'destination size vs source size at the end of migration')
-    st = settle(dst, 'vmem0', want)
+    # A plug the guest asked for while the migration ran got VIRTIO_MEM
+    # BUSY (QEMU refuses plugs while migrating); Linux's driver retries
+    # only after its retry timer (50 s at first), hence the long timeout.
+    st = settle(dst, 'vmem0', want, timeout=150)
     n = check_layout(t, dst, dst_kind, st, f'{label(dst_kind)} after '
                                           'migration')
     t.log(f'destination: size {fmt(want)}, guest RAM '
