@@ -709,6 +709,14 @@ def check_without_override(leg, d, xml_path):
         rc, out = d.virsh_rc('start', name)
         check(rc != 0, 'a domain with dynamicMemslots=yes but without the '
                        'unplugged-inaccessible override started')
+        # QEMU exits at once; libvirt usually relays its error, but when
+        # QEMU is gone before libvirt connects to its monitor, virsh only
+        # says "failed to connect to monitor socket" and the error is in
+        # the domain's QEMU log.
+        qlog = d.qemu_log(name)
+        if os.path.exists(qlog):
+            with open(qlog, errors='replace') as f:
+                out += '\n--- ' + qlog + ':\n' + f.read()
         check(ERR_NEEDS_INACCESSIBLE in out,
               f'start without the override failed otherwise:\n{out}')
         log("  without the unplugged-inaccessible override libvirt 11 fails "
