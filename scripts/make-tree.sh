@@ -46,7 +46,7 @@ if [ ! -d "$tree/.git" ]; then
     rm -rf "$tree.tmp/debian" "$tree.tmp/.pc"
     mv "$tree.tmp" "$tree"
     git -C "$tree" init -q -b master
-    printf '/build/\n' >> "$tree/.git/info/exclude"
+    printf '/build/\n/build-*/\n' >> "$tree/.git/info/exclude"
     git -C "$tree" add -A -f
     GIT_AUTHOR_DATE='2000-01-01T00:00:00Z' GIT_COMMITTER_DATE='2000-01-01T00:00:00Z' \
         git -C "$tree" $ident commit -q -m "Debian qemu $version (Debian patches applied)"
@@ -58,7 +58,7 @@ fi
 if [ "$(cat "$tree/.git/applied-series" 2>/dev/null)" = "$(series_hash)" ]; then
     exit 0      # patches/ unchanged since the last apply: leave the tree alone
 fi
-if [ -n "$(git -C "$tree" status --porcelain)" ]; then
+if [ -n "$(git -C "$tree" status --porcelain --untracked-files=no)" ]; then
     echo "make-tree: patches/ changed but build/qemu has uncommitted changes;" \
          "commit and 'make export', or discard them" >&2
     exit 1

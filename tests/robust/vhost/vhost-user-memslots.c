@@ -1,0 +1,785 @@
+/*
+ * vhost-user and virtio-mem dynamic memslots: the memslot rules
+ *
+ * Copyright (c) 2026 Seed 3edbaa16 maintainers
+ *
+ * This work is licensed under the terms of the GNU GPL, version 2 or later.
+ * See the COPYING file in the top-level directory.
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+/*
+ * Runs the tree's contrib vhost-user-blk backend, built (tests/robust/
+ * robust.mk) with the tree's libvhost-user and its debug log on, once as it
+ * is in 7.2 (32 memslots) and once with 509 memslots. The test plays the
+ * guest over qtest: it starts the vhost-user-blk device (DRIVER_OK, so the
+ * backend gets the memory table) and plugs virtio-mem blocks with the
+ * series' libqos virtio-mem driver.
+ *
+ *  - backend-first: a backend with fewer than 509 memslots that exists
+ *    before the virtio-mem device keeps that device at one memslot;
+ *  - backend-after: adding such a backend after a device decided on several
+ *    memslots is refused with the design's message, at start-up and on
+ *    hot-plug, and the VM keeps running after the hot-plug refusal;
+ *  - capable-backend: with a 509-memslot backend the device gets several
+ *    memslots, and each mapped alias reaches the backend as a region of its
+ *    own: mapping a neighbour adds one region, removing and re-adding
+ *    nothing; unmapping one removes only that one;
+ *  - unplug-one-of-two: the used-memslot count of the vhost-user kind stays
+ *    right when one of two vhost-user devices is unplugged (upstream fixed a
+ *    bug in 10.1 where it was reset): exactly as many fd-backed DIMMs fit
+ *    afterwards as before;
+ *  - plug-after-memory: a vhost-user device plugged after more fd-backed
+ *    memory slots are used than it supports is refused with the numbers;
+ *    memory without an fd is not counted against vhost-user.
+ *
+ * Environment: QTEST_QEMU_BINARY, VHOST_USER_BLK_32, VHOST_USER_BLK_509,
+ * VHOST_USER_BLK_1024 (backend binaries; with the last one, also check that
+ * vhost-user is capped at 512 memslots).
+ */
+
+#include "qemu/osdep.h"
+#include "qemu/units.h"
+#include "libqtest.h"
+#include "qapi/qmp/qdict.h"
+#include "qapi/qmp/qjson.h"
+#include "qapi/error.h"
+#include "libqos/libqos-malloc.h"
+#include "libqos/malloc-pc.h"
+#include "libqos/pci-pc.h"
+#include "libqos/virtio.h"
+#include "libqos/virtio-pci.h"
+#include "libqos/virtio-mem.h"
+#include "standard-headers/linux/virtio_ids.h"
+#include "standard-headers/linux/virtio_config.h"
+
+#include <sys/wait.h>
+
+#define ERR_SMALL_BACKEND_AFTER \
+    "vhost backend memory slots limit (32) is less than 509, but some " \
+    "memory device (e.g., virtio-mem with dynamic-memslots=on) already " \
+    "decided to use more than one memory slot based on a higher limit; " \
+    "create vhost devices with such a backend before such memory devices"
+
+typedef struct Backend {
+    GPid pid;
+    char *sock;
+    char *log;
+} Backend;
+
+static char *tmpdir;
+static unsigned backend_count;
+
+static Backend *backend_start(unsigned slots)
+{
+    const char *env = slots == 32 ? "VHOST_USER_BLK_32" :
+                      slots == 509 ? "VHOST_USER_BLK_509"
+                                   : "VHOST_USER_BLK_1024";
+    const char *bin = g_getenv(env);
+    Backend *b = g_new0(Backend, 1);
+    g_autofree char *img = NULL;
+    g_autofree char *cmd = NULL;
+    GError *err = NULL;
+    int i;
+
+    g_assert_nonnull(bin);
+    b->sock = g_strdup_printf("%s/vub%u.sock", tmpdir, backend_count);
+    b->log = g_strdup_printf("%s/vub%u.log", tmpdir, backend_count);
+    img = g_strdup_printf("%s/vub%u.img", tmpdir, backend_count);
+    backend_count++;
+    g_assert_true(g_file_set_contents(img, "", 0, NULL));
+    g_assert_cmpint(truncate(img, MiB), ==, 0);
+    cmd = g_strdup_printf("exec %s -s %s -b %s >%s 2>&1", bin, b->sock, img,
+                          b->log);
+    {
+        char *argv[] = { (char *)"/bin/sh", (char *)"-c", cmd, NULL };
+
+        if (!g_spawn_async(NULL, argv, NULL, G_SPAWN_DO_NOT_REAP_CHILD, NULL,
+                           NULL, &b->pid, &err)) {
+            g_error("cannot start %s: %s", bin, err->message);
+        }
+    }
+    for (i = 0; i < 500 && !g_file_test(b->sock, G_FILE_TEST_EXISTS); i++) {
+        g_usleep(10000);
+    }
+    g_assert_true(g_file_test(b->sock, G_FILE_TEST_EXISTS));
+    return b;
+}
+
+static void backend_stop(Backend *b)
+{
+    kill(b->pid, SIGTERM);
+    waitpid(b->pid, NULL, 0);
+    g_spawn_close_pid(b->pid);
+    unlink(b->sock);
+    g_free(b->sock);
+    g_free(b->log);
+    g_free(b);
+}
+
+/* The regions the backend holds, from its log: "gpa+size" strings */
+static GPtrArray *backend_regions(Backend *b, unsigned *adds,
+                                  unsigned *removes)
+{
+    g_autofree char *text = NULL;
+    g_auto(GStrv) lines = NULL;
+    GPtrArray *regions = g_ptr_array_new_with_free_func(g_free);
+    unsigned i;
+
+    *adds = *removes = 0;
+    g_assert_true(g_file_get_contents(b->log, &text, NULL, NULL));
+    lines = g_strsplit(text, "\n", -1);
+    for (i = 0; lines[i]; i++) {
+        uint64_t gpa, size;
+        unsigned n;
+        char *r;
+
+        if (sscanf(lines[i], "Nregions: %u", &n) == 1) {
+            /* SET_MEM_TABLE: a whole new table follows */
+            g_ptr_array_set_size(regions, 0);
+            continue;
+        }
+        if (!g_str_has_prefix(lines[i], "Adding region:") &&
+            !g_str_has_prefix(lines[i], "Removing region:") &&
+            !g_str_has_prefix(lines[i], "Region ")) {
+            continue;
+        }
+        if (!lines[i + 1] || !lines[i + 2] ||
+            sscanf(lines[i + 1], " guest_phys_addr: 0x%" SCNx64, &gpa) != 1 ||
+            sscanf(lines[i + 2], " memory_size: 0x%" SCNx64, &size) != 1) {
+            continue;
+        }
+        r = g_strdup_printf("%" PRIx64 "+%" PRIx64, gpa, size);
+        if (g_str_has_prefix(lines[i], "Removing")) {
+            guint idx;
+
+            (*removes)++;
+            g_assert_true(g_ptr_array_find_with_equal_func(regions, r,
+                                                           g_str_equal,
+                                                           &idx));
+            g_ptr_array_remove_index(regions, idx);
+            g_free(r);
+        } else {
+            if (g_str_has_prefix(lines[i], "Adding")) {
+                (*adds)++;
+            }
+            g_ptr_array_add(regions, r);
+        }
+    }
+    return regions;
+}
+
+static bool has_region(GPtrArray *regions, uint64_t gpa, uint64_t size)
+{
+    g_autofree char *r = g_strdup_printf("%" PRIx64 "+%" PRIx64, gpa, size);
+
+    return g_ptr_array_find_with_equal_func(regions, r, g_str_equal, NULL);
+}
+
+/* Regions at or above @from (device memory) as "gpa+size,..." sorted */
+static char *device_regions(GPtrArray *regions, uint64_t from)
+{
+    g_autoptr(GPtrArray) sel = g_ptr_array_new();
+    GString *s = g_string_new("");
+    unsigned i;
+
+    for (i = 0; i < regions->len; i++) {
+        const char *r = g_ptr_array_index(regions, i);
+
+        if (g_ascii_strtoull(r, NULL, 16) >= from) {
+            g_ptr_array_add(sel, (gpointer)r);
+        }
+    }
+    g_ptr_array_sort(sel, (GCompareFunc)g_strcmp0);
+    for (i = 0; i < sel->len; i++) {
+        g_string_append_printf(s, "%s%s", i ? "," : "",
+                               (char *)g_ptr_array_index(sel, i));
+    }
+    return g_string_free(s, false);
+}
+
+/* Wait until the backend log stops growing (it is written asynchronously) */
+static void backend_settle(Backend *b)
+{
+    goffset last = -1;
+    int i;
+
+    for (i = 0; i < 200; i++) {
+        struct stat st;
+
+        g_assert_cmpint(stat(b->log, &st), ==, 0);
+        if (st.st_size == last) {
+            return;
+        }
+        last = st.st_size;
+        g_usleep(20000);
+    }
+}
+
+typedef struct VM {
+    QTestState *qts;
+    QGuestAllocator alloc;
+    QPCIBus *bus;
+    char *trace;
+    char *stderr_log;
+} VM;
+
+static VM *vm_start(const char *machine, const char *fmt, ...)
+    G_GNUC_PRINTF(2, 3);
+
+static VM *vm_start(const char *machine, const char *fmt, ...)
+{
+    VM *vm = g_new0(VM, 1);
+    g_autofree char *args = NULL;
+    va_list ap;
+
+    va_start(ap, fmt);
+    args = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    vm->trace = g_strdup_printf("%s/trace-%u.log", tmpdir, backend_count);
+    vm->stderr_log = g_strdup_printf("%s/stderr-%u.log", tmpdir,
+                                     backend_count);
+    vm->qts = qtest_initf("-machine %s,memory-backend=ram0 -nodefaults "
+                          "-cpu qemu64,phys-bits=44 "
+                          "-object memory-backend-memfd,id=ram0,size=1G,"
+                          "share=on "
+                          "-D %s -trace virtio_mem_decide_memslots "
+                          "-trace memory_device_memslot_limit %s "
+                          "2>%s", /* libqtest runs QEMU with sh -c */
+                          machine, vm->trace, args, vm->stderr_log);
+    pc_alloc_init(&vm->alloc, vm->qts, ALLOC_NO_FLAGS);
+    vm->bus = qpci_new_pc(vm->qts, &vm->alloc);
+    return vm;
+}
+
+static void vm_quit(VM *vm)
+{
+    qpci_free_pc(vm->bus);
+    alloc_destroy(&vm->alloc);
+    qtest_quit(vm->qts);
+    g_free(vm->trace);
+    g_free(vm->stderr_log);
+    g_free(vm);
+}
+
+/* nb_memslots of each virtio_mem_decide_memslots trace line, as "4,1" */
+static char *decided_memslots(VM *vm)
+{
+    g_autofree char *text = NULL;
+    g_auto(GStrv) lines = NULL;
+    GString *s = g_string_new("");
+    unsigned i, n;
+
+    g_assert_true(g_file_get_contents(vm->trace, &text, NULL, NULL));
+    lines = g_strsplit(text, "\n", -1);
+    for (i = 0; lines[i]; i++) {
+        const char *p = strstr(lines[i], "virtio_mem_decide_memslots ");
+
+        p = p ? strstr(p, "nb_memslots=") : NULL;
+        if (p && sscanf(p, "nb_memslots=%u", &n) == 1) {
+            g_string_append_printf(s, "%s%u", s->len ? "," : "", n);
+        }
+    }
+    return g_string_free(s, false);
+}
+
+/* Start a vhost-user-blk-pci device as a driver would: the backend starts */
+static QVirtioPCIDevice *vub_driver_start(VM *vm, int devfn, QVirtQueue **vq)
+{
+    QPCIAddress addr = { .devfn = devfn };
+    QVirtioPCIDevice *d = virtio_pci_new(vm->bus, &addr);
+    uint64_t features;
+
+    g_assert_nonnull(d);
+    g_assert_cmpuint(d->vdev.device_type, ==, VIRTIO_ID_BLOCK);
+    qvirtio_pci_device_enable(d);
+    qvirtio_start_device(&d->vdev);
+    features = qvirtio_get_features(&d->vdev);
+    qvirtio_set_features(&d->vdev, features & (1ull << VIRTIO_F_VERSION_1));
+    *vq = qvirtqueue_setup(&d->vdev, &vm->alloc, 0);
+    qvirtio_set_driver_ok(&d->vdev);
+    return d;
+}
+
+static void plug(QVirtioMem *vmem, uint64_t addr, uint16_t nb)
+{
+    g_assert_cmpuint(qvirtio_mem_plug(vmem, addr, nb), ==,
+                     VIRTIO_MEM_RESP_ACK);
+}
+
+static void unplug(QVirtioMem *vmem, uint64_t addr, uint16_t nb)
+{
+    g_assert_cmpuint(qvirtio_mem_unplug(vmem, addr, nb), ==,
+                     VIRTIO_MEM_RESP_ACK);
+}
+
+static void chardev_add(QTestState *qts, const char *id, const char *path)
+{
+    qtest_qmp_assert_success(qts, "{'execute': 'chardev-add', 'arguments':"
+                             " {'id': %s, 'backend': {'type': 'socket',"
+                             " 'data': {'server': false, 'addr': {"
+                             " 'type': 'unix', 'data': {'path': %s}}}}}}",
+                             id, path);
+}
+
+/* device_add; returns the error description or NULL */
+static char *device_add(QTestState *qts, const char *driver, const char *id,
+                        const char *extra_json)
+{
+    g_autofree char *args = g_strdup_printf("{\"driver\": \"%s\", "
+                                            "\"id\": \"%s\"%s%s}",
+                                            driver, id,
+                                            extra_json ? ", " : "",
+                                            extra_json ? extra_json : "");
+    QObject *obj = qobject_from_json(args, &error_abort);
+    QDict *resp = qtest_qmp(qts, "{'execute': 'device_add', 'arguments': %p}",
+                            obj);
+    char *err = NULL;
+
+    g_assert_nonnull(resp);
+    if (qdict_haskey(resp, "error")) {
+        err = g_strdup(qdict_get_str(qdict_get_qdict(resp, "error"), "desc"));
+    }
+    qobject_unref(resp);
+    return err;
+}
+
+static void object_add_memfd(QTestState *qts, const char *id, uint64_t size)
+{
+    qtest_qmp_assert_success(qts, "{'execute': 'object-add', 'arguments':"
+                             " {'qom-type': 'memory-backend-memfd',"
+                             " 'id': %s, 'size': %" PRIu64 ", 'share': true}}",
+                             id, size);
+}
+
+static void object_add_ram(QTestState *qts, const char *id, uint64_t size)
+{
+    qtest_qmp_assert_success(qts, "{'execute': 'object-add', 'arguments':"
+                             " {'qom-type': 'memory-backend-ram',"
+                             " 'id': %s, 'size': %" PRIu64 "}}", id, size);
+}
+
+/* -------------------------------------------------------------------- */
+
+#define VMEM_ARGS(id, size, extra) \
+    "-object memory-backend-memfd,id=m" id ",size=" size ",share=on " \
+    "-device virtio-mem-pci,id=vm" id ",memdev=m" id ",addr=04.0," \
+    "dynamic-memslots=on,unplugged-inaccessible=on,requested-size=" size \
+    extra
+
+static void test_backend_first(void)
+{
+    Backend *b = backend_start(32);
+    VM *vm = vm_start("q35", "-m 1G,maxmem=5G "
+                      "-chardev socket,id=c0,path=%s "
+                      "-device vhost-user-blk-pci,id=vub0,chardev=c0,"
+                      "addr=05.0,num-queues=1 "
+                      VMEM_ARGS("0", "4G", ""), b->sock);
+    g_autofree char *decided = decided_memslots(vm);
+    g_autofree char *regs = NULL;
+    g_autoptr(GPtrArray) regions = NULL;
+    QVirtioMem *vmem;
+    QVirtioMemConfig c;
+    QVirtioPCIDevice *vub;
+    QVirtQueue *vq;
+    unsigned adds, removes;
+
+    /* 32 < 509: the device keeps a single memslot */
+    g_assert_cmpstr(decided, ==, "1");
+
+    vub = vub_driver_start(vm, QPCI_DEVFN(5, 0), &vq);
+    vmem = qvirtio_mem_pci_init(vm->qts, vm->bus, &vm->alloc,
+                                QPCI_DEVFN(4, 0));
+    qvirtio_mem_get_config(vmem, &c);
+    plug(vmem, c.addr + 2 * GiB, 1);
+    backend_settle(b);
+    regions = backend_regions(b, &adds, &removes);
+    regs = device_regions(regions, c.addr);
+    /* the one memslot covers the whole device */
+    g_assert_true(has_region(regions, c.addr, 4 * GiB));
+    g_assert_cmpuint(strchr(regs, ',') == NULL, ==, true);
+    g_test_message("backend regions in device memory: %s", regs);
+
+    qvirtio_mem_free(vmem);
+    qvirtqueue_cleanup(vub->vdev.bus, vq, &vm->alloc);
+    qos_object_destroy(&vub->obj);
+    vm_quit(vm);
+    backend_stop(b);
+}
+
+static void test_backend_after_cold(void)
+{
+    Backend *b = backend_start(32);
+    const char *qemu = g_getenv("QTEST_QEMU_BINARY");
+    g_autofree char *cmd = g_strdup_printf(
+        "%s -machine q35,memory-backend=ram0 -accel qtest -nodefaults "
+        "-display none -S "
+        "-object memory-backend-memfd,id=ram0,size=1G,share=on "
+        "-m 1G,maxmem=5G " VMEM_ARGS("0", "4G", " ")
+        "-chardev socket,id=c0,path=%s "
+        "-device vhost-user-blk-pci,id=vub0,chardev=c0,num-queues=1",
+        qemu, b->sock);
+    g_autofree char *out = NULL, *err = NULL;
+    int status;
+
+    g_assert_true(g_spawn_command_line_sync(cmd, &out, &err, &status, NULL));
+    g_test_message("QEMU said: %s", err);
+    g_assert_true(WIFEXITED(status));
+    g_assert_cmpint(WEXITSTATUS(status), ==, 1);
+    g_assert_nonnull(strstr(err, ERR_SMALL_BACKEND_AFTER));
+    backend_stop(b);
+}
+
+static void test_backend_after_hotplug(void)
+{
+    Backend *b = backend_start(32);
+    VM *vm = vm_start("q35", "-m 1G,maxmem=5G "
+                      "-device pcie-root-port,id=rp1,chassis=1 "
+                      VMEM_ARGS("0", "4G", ""));
+    g_autofree char *decided = decided_memslots(vm);
+    g_autofree char *err = NULL;
+    QVirtioMem *vmem;
+    QVirtioMemConfig c;
+
+    g_assert_cmpstr(decided, ==, "4");
+    chardev_add(vm->qts, "c0", b->sock);
+    err = device_add(vm->qts, "vhost-user-blk-pci", "vub0",
+                     "\"chardev\": \"c0\", 'bus': \"rp1\", 'num-queues': 1");
+    g_test_message("device_add: %s", err);
+    g_assert_nonnull(err);
+    /*
+     * vhost-user-blk retries a failed connection, so QMP reports the
+     * error of the last try (the backend is gone by then); the refusal
+     * itself is reported on stderr.
+     */
+    {
+        g_autofree char *text = NULL;
+
+        g_assert_true(g_file_get_contents(vm->stderr_log, &text, NULL,
+                                          NULL));
+        g_test_message("QEMU's stderr: %s", text);
+        g_assert_nonnull(strstr(text, ERR_SMALL_BACKEND_AFTER));
+    }
+
+    /* the VM is fine: the device still plugs */
+    vmem = qvirtio_mem_pci_init(vm->qts, vm->bus, &vm->alloc,
+                                QPCI_DEVFN(4, 0));
+    qvirtio_mem_get_config(vmem, &c);
+    plug(vmem, c.addr + 3 * GiB, 1);
+    qvirtio_mem_free(vmem);
+    vm_quit(vm);
+    backend_stop(b);
+}
+
+static void test_capable_backend(void)
+{
+    Backend *b = backend_start(509);
+    VM *vm = vm_start("q35", "-m 1G,maxmem=5G "
+                      "-chardev socket,id=c0,path=%s "
+                      "-device vhost-user-blk-pci,id=vub0,chardev=c0,"
+                      "addr=05.0,num-queues=1 "
+                      VMEM_ARGS("0", "4G", ""), b->sock);
+    g_autofree char *decided = decided_memslots(vm);
+    g_autoptr(GPtrArray) r0 = NULL, r1 = NULL, r2 = NULL, r3 = NULL;
+    g_autofree char *s0 = NULL, *s1 = NULL, *s2 = NULL, *s3 = NULL;
+    unsigned a0, d0, a1, d1, a2, d2, a3, d3;
+    QVirtioMem *vmem;
+    QVirtioMemConfig c;
+    QVirtioPCIDevice *vub;
+    QVirtQueue *vq;
+
+    /* 509 memslots: the device gets four memslots of 1 GiB */
+    g_assert_cmpstr(decided, ==, "4");
+
+    vmem = qvirtio_mem_pci_init(vm->qts, vm->bus, &vm->alloc,
+                                QPCI_DEVFN(4, 0));
+    qvirtio_mem_get_config(vmem, &c);
+    /* memslot 1 mapped before the backend starts */
+    plug(vmem, c.addr + GiB, 1);
+    vub = vub_driver_start(vm, QPCI_DEVFN(5, 0), &vq);
+    backend_settle(b);
+    r0 = backend_regions(b, &a0, &d0);
+    s0 = device_regions(r0, c.addr);
+    g_test_message("started: %s (%u added, %u removed)", s0, a0, d0);
+    g_assert_true(has_region(r0, c.addr + GiB, GiB));
+    g_assert_cmpuint(strchr(s0, ',') == NULL, ==, true);
+
+    /* map the neighbour memslot 2: one region more, nothing removed */
+    plug(vmem, c.addr + 2 * GiB, 1);
+    backend_settle(b);
+    r1 = backend_regions(b, &a1, &d1);
+    s1 = device_regions(r1, c.addr);
+    g_test_message("memslot 2 mapped: %s (%u added, %u removed)", s1, a1, d1);
+    g_assert_true(has_region(r1, c.addr + GiB, GiB));
+    g_assert_true(has_region(r1, c.addr + 2 * GiB, GiB));
+    g_assert_false(has_region(r1, c.addr + GiB, 2 * GiB));
+    g_assert_cmpuint(a1, ==, a0 + 1);
+    g_assert_cmpuint(d1, ==, d0);
+
+    /* memslot 3 too, then unmap memslot 2 between mapped neighbours */
+    plug(vmem, c.addr + 3 * GiB, 1);
+    unplug(vmem, c.addr + 2 * GiB, 1);
+    backend_settle(b);
+    r2 = backend_regions(b, &a2, &d2);
+    s2 = device_regions(r2, c.addr);
+    g_test_message("memslot 3 mapped, 2 unmapped: %s (%u added, %u removed)",
+                   s2, a2, d2);
+    g_assert_cmpuint(a2, ==, a1 + 1);
+    g_assert_cmpuint(d2, ==, d1 + 1);
+    g_assert_true(has_region(r2, c.addr + GiB, GiB));
+    g_assert_false(has_region(r2, c.addr + 2 * GiB, GiB));
+    g_assert_true(has_region(r2, c.addr + 3 * GiB, GiB));
+
+    /* unplug-all: every alias leaves the backend */
+    g_assert_cmpuint(qvirtio_mem_unplug_all(vmem), ==, VIRTIO_MEM_RESP_ACK);
+    backend_settle(b);
+    r3 = backend_regions(b, &a3, &d3);
+    s3 = device_regions(r3, c.addr);
+    g_test_message("unplug-all: '%s' (%u added, %u removed)", s3, a3, d3);
+    g_assert_cmpstr(s3, ==, "");
+    g_assert_cmpuint(d3, ==, d2 + 2);
+
+    qvirtio_mem_free(vmem);
+    qvirtqueue_cleanup(vub->vdev.bus, vq, &vm->alloc);
+    qos_object_destroy(&vub->obj);
+    vm_quit(vm);
+    backend_stop(b);
+}
+
+/*
+ * Hot-plug 128 MiB DIMMs until one is refused; returns how many were
+ * accepted and the last error.
+ */
+static unsigned plug_dimms_until_refused(QTestState *qts, unsigned *next,
+                                         bool fd, char **err)
+{
+    unsigned n = 0;
+
+    for (;;) {
+        g_autofree char *mid = g_strdup_printf("dm%u", *next);
+        g_autofree char *did = g_strdup_printf("dimm%u", *next);
+        g_autofree char *extra = g_strdup_printf("\"memdev\": '%s'", mid);
+
+        if (fd) {
+            object_add_memfd(qts, mid, 128 * MiB);
+        } else {
+            object_add_ram(qts, mid, 128 * MiB);
+        }
+        (*next)++;
+        *err = device_add(qts, "pc-dimm", did, extra);
+        if (*err) {
+            return n;
+        }
+        n++;
+        g_assert_cmpuint(n, <, 200);
+    }
+}
+
+static void test_unplug_one_of_two(void)
+{
+    Backend *b0 = backend_start(32), *b1 = backend_start(32);
+    /* i440fx: the test can eject PCI devices as the guest's ACPI would */
+    VM *vm = vm_start("pc", "-m 1G,slots=128,maxmem=17G "
+                      "-chardev socket,id=c0,path=%s "
+                      "-device vhost-user-blk-pci,id=vub0,chardev=c0,"
+                      "addr=05.0,num-queues=1 "
+                      "-chardev socket,id=c1,path=%s "
+                      "-device vhost-user-blk-pci,id=vub1,chardev=c1,"
+                      "addr=06.0,num-queues=1", b0->sock, b1->sock);
+    g_autofree char *err1 = NULL, *err2 = NULL, *err3 = NULL;
+    g_autofree char *err4 = NULL, *err5 = NULL;
+    unsigned next = 0, first, second, i;
+
+    /*
+     * Memory without an fd is not counted against vhost-user: more DIMMs
+     * of anonymous memory fit than the backends have memslots.
+     */
+    for (i = 0; i < 40; i++) {
+        g_autofree char *mid = g_strdup_printf("dm%u", next);
+        g_autofree char *did = g_strdup_printf("dimm%u", next);
+        g_autofree char *extra = g_strdup_printf("'memdev': '%s'", mid);
+
+        object_add_ram(vm->qts, mid, 128 * MiB);
+        next++;
+        err3 = device_add(vm->qts, "pc-dimm", did, extra);
+        if (err3) {
+            g_error("anonymous DIMM %u refused: %s", i, err3);
+        }
+    }
+
+    /* fill the 32 vhost-user memslots with fd-backed DIMMs */
+    first = plug_dimms_until_refused(vm->qts, &next, true, &err1);
+    g_test_message("%u fd DIMMs fit with two vhost-user devices: %s", first,
+                   err1);
+    g_assert_cmpuint(first, >, 20);
+    g_assert_cmpuint(first, <, 32);
+    g_assert_nonnull(strstr(err1, "a used vhost backend does not have enough"
+                            " free memslots left: the device needs 1, memory"
+                            " devices already plugged reserve 0, but only 0"
+                            " are free"));
+
+    /* unplug one of the two: the other still uses as many memslots */
+    qpci_unplug_acpi_device_test(vm->qts, "vub1", 6);
+    second = plug_dimms_until_refused(vm->qts, &next, true, &err2);
+    g_test_message("after unplugging one: %u more DIMMs: %s", second, err2);
+    g_assert_cmpuint(second, ==, 0);
+
+    /*
+     * A new vhost-user device with 32 memslots: used (32) + reserved (0)
+     * fit, so it is accepted, and still no DIMM fits.
+     */
+    {
+        Backend *b2 = backend_start(32);
+
+        chardev_add(vm->qts, "c2", b2->sock);
+        err4 = device_add(vm->qts, "vhost-user-blk-pci", "vub2",
+                          "\"chardev\": \"c2\", 'addr': \"07.0\", "
+                          "\"num-queues\": 1");
+        g_test_message("vhost-user-blk-pci hot-plugged: %s",
+                       err4 ? err4 : "ok");
+        g_assert_null(err4);
+        second = plug_dimms_until_refused(vm->qts, &next, true, &err5);
+        g_test_message("then %u more DIMMs: %s", second, err5);
+        g_assert_cmpuint(second, ==, 0);
+        vm_quit(vm);
+        backend_stop(b2);
+    }
+    backend_stop(b0);
+    backend_stop(b1);
+}
+
+static void test_plug_after_memory(void)
+{
+    Backend *b = backend_start(32);
+    VM *vm = vm_start("pc", "-m 1G,slots=64,maxmem=9G");
+    g_autofree char *err = NULL;
+    unsigned i, next = 0;
+
+    /* 34 fd-backed DIMMs: more than the 32 memslots of the backend */
+    for (i = 0; i < 34; i++) {
+        g_autofree char *mid = g_strdup_printf("dm%u", next);
+        g_autofree char *did = g_strdup_printf("dimm%u", next);
+        g_autofree char *extra = g_strdup_printf("\"memdev\": '%s'", mid);
+        g_autofree char *e = NULL;
+
+        object_add_memfd(vm->qts, mid, 128 * MiB);
+        next++;
+        e = device_add(vm->qts, "pc-dimm", did, extra);
+        g_assert_null(e);
+    }
+    chardev_add(vm->qts, "c0", b->sock);
+    err = device_add(vm->qts, "vhost-user-blk-pci", "vub0",
+                     "\"chardev\": \"c0\", 'addr': \"05.0\", 'num-queues': 1");
+    g_test_message("device_add: %s", err);
+    g_assert_nonnull(err);
+    {
+        g_autofree char *text = NULL;
+        unsigned used, reserved;
+        const char *p;
+
+        g_assert_true(g_file_get_contents(vm->stderr_log, &text, NULL,
+                                          NULL));
+        p = strstr(text, "vhost backend memory slots limit (32) is less than"
+                   " current number of used (");
+        g_assert_nonnull(p);
+        g_assert_cmpint(sscanf(p, "vhost backend memory slots limit (32) is"
+                               " less than current number of used (%u) and"
+                               " reserved (%u) memory slots", &used,
+                               &reserved), ==, 2);
+        g_test_message("refused: used %u, reserved %u", used, reserved);
+        /* 34 DIMMs and the boot memory */
+        g_assert_cmpuint(used, >=, 35);
+        g_assert_cmpuint(used, <=, 40);
+        g_assert_cmpuint(reserved, ==, 0);
+    }
+    vm_quit(vm);
+    backend_stop(b);
+}
+
+/*
+ * A dynamic-memslots device whose hot-plug failed after it decided on
+ * several memslots (realize refuses unplugged-inaccessible=off) must not
+ * count as such a device: a 32-memslot backend is still accepted.
+ */
+static void test_failed_hotplug(void)
+{
+    Backend *b = backend_start(32);
+    VM *vm = vm_start("q35", "-m 1G,maxmem=5G "
+                      "-device pcie-root-port,id=rp1,chassis=1 "
+                      "-device pcie-root-port,id=rp2,chassis=2");
+    g_autofree char *err = NULL, *err2 = NULL, *decided = NULL;
+
+    object_add_memfd(vm->qts, "m0", 4 * GiB);
+    err = device_add(vm->qts, "virtio-mem-pci", "vm0",
+                     "'memdev': 'm0', 'bus': 'rp1', "
+                     "'dynamic-memslots': true, "
+                     "'unplugged-inaccessible': 'off'");
+    g_test_message("virtio-mem hot-plug: %s", err);
+    g_assert_nonnull(err);
+    g_assert_nonnull(strstr(err, "'dynamic-memslots' property set to 'on'"
+                            " requires 'unplugged-inaccessible' to be 'on'"));
+    decided = decided_memslots(vm);
+    g_assert_cmpstr(decided, ==, "4");
+
+    chardev_add(vm->qts, "c0", b->sock);
+    err2 = device_add(vm->qts, "vhost-user-blk-pci", "vub0",
+                      "'chardev': 'c0', 'bus': 'rp2', 'num-queues': 1");
+    g_test_message("vhost-user-blk-pci hot-plug: %s", err2 ? err2 : "ok");
+    g_assert_null(err2);
+    vm_quit(vm);
+    backend_stop(b);
+}
+
+/* vhost-user is capped at 512 memslots, whatever the backend offers */
+static void test_cap_512(void)
+{
+    Backend *b = backend_start(1024);
+    VM *vm = vm_start("q35", "-m 1G,maxmem=5G "
+                      "-chardev socket,id=c0,path=%s "
+                      "-device vhost-user-blk-pci,id=vub0,chardev=c0,"
+                      "addr=05.0,num-queues=1 "
+                      VMEM_ARGS("0", "4G", ""), b->sock);
+    g_autofree char *text = NULL;
+    g_autofree char *decided = decided_memslots(vm);
+
+    g_assert_true(g_file_get_contents(vm->trace, &text, NULL, NULL));
+    g_test_message("%s", text);
+    g_assert_nonnull(strstr(text, "memory_device_memslot_limit id=vm0 "
+                            "max=512 "));
+    g_assert_cmpstr(decided, ==, "4");
+    vm_quit(vm);
+    backend_stop(b);
+}
+
+int main(int argc, char **argv)
+{
+    int ret;
+
+    g_test_init(&argc, &argv, NULL);
+    tmpdir = g_dir_make_tmp("vhost-memslots-XXXXXX", NULL);
+    g_assert_nonnull(tmpdir);
+    qtest_add_func("/robust/vhost-user/backend-first", test_backend_first);
+    qtest_add_func("/robust/vhost-user/backend-after-cold",
+                   test_backend_after_cold);
+    qtest_add_func("/robust/vhost-user/backend-after-hotplug",
+                   test_backend_after_hotplug);
+    qtest_add_func("/robust/vhost-user/capable-backend",
+                   test_capable_backend);
+    qtest_add_func("/robust/vhost-user/unplug-one-of-two",
+                   test_unplug_one_of_two);
+    qtest_add_func("/robust/vhost-user/plug-after-memory",
+                   test_plug_after_memory);
+    qtest_add_func("/robust/vhost-user/failed-hotplug",
+                   test_failed_hotplug);
+    if (g_getenv("VHOST_USER_BLK_1024")) {
+        qtest_add_func("/robust/vhost-user/cap-512", test_cap_512);
+    }
+    ret = g_test_run();
+    if (!g_getenv("ROBUST_KEEP_TMP")) {
+        g_autofree char *cmd = g_strdup_printf("rm -rf %s", tmpdir);
+
+        g_assert_true(g_spawn_command_line_sync(cmd, NULL, NULL, NULL, NULL));
+    }
+    return ret;
+}
