@@ -15,7 +15,7 @@ BENCH_PY := python3
 # The peers come from scripts that do nothing when their prefix is complete;
 # they run one after the other (both use the private apt state).
 bench: $(QEMU) guest
-	bench/install-deps.sh
+	scripts/install-deps.sh base/bench-deps.txt
 	scripts/fetch-stock-qemu.sh
 	scripts/fetch-upstream-qemu.sh
 	$(BENCH_PY) bench/run.py $(BENCH_ARGS)

@@ -606,7 +606,8 @@ def prerequisites(leg):
         if not shutil.which(tool):
             raise Skip(f'{tool} (util-linux) is missing')
     os.makedirs(STATE, exist_ok=True)
-    rc, out = run_cmd([os.path.join(HERE, 'install-deps.sh')])
+    rc, out = run_cmd([os.path.join(ROOT, 'scripts', 'install-deps.sh'),
+                       os.path.join(ROOT, 'base', 'libvirt-deps.txt')])
     if rc != 0:
         raise Skip('Debian packages of base/libvirt-deps.txt cannot be '
                    'installed: ' + out.strip().splitlines()[-1:][0]
