@@ -23,7 +23,7 @@ opts="-o Dir::Etc::SourceList=$APT_DIR/etc/sources.list
  -o APT::Sandbox::User=root
  -o Debug::NoLocking=1"
 
-write_sources() {
+list_suites() {
     # "500 http://mirror/debian bookworm-security/main amd64 Packages" plus the
     # "release ...o=Debian..." line below it, as printed by the system's apt.
     apt-cache policy | awk '
@@ -32,6 +32,15 @@ write_sources() {
         }
         next_is_rel && /release .*o=Debian/ { print uri, sc[1], sc[2] }
         { next_is_rel = 0 }' | sort -u > "$APT_DIR/etc/suites"
+}
+
+write_sources() {
+    list_suites
+    if [ ! -s "$APT_DIR/etc/suites" ] && [ "$(id -u)" = 0 ]; then
+        # apt only shows the suites it has lists for (a fresh machine has none)
+        apt-get -q update >/dev/null
+        list_suites
+    fi
     if [ ! -s "$APT_DIR/etc/suites" ]; then
         echo "private-apt: the system apt has no Debian suites configured" \
              "(run 'apt-get update' first)" >&2
