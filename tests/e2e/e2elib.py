@@ -18,7 +18,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, '..', '..'))
 sys.path.insert(0, os.path.join(ROOT, 'tests', 'lib'))
 
-from vmguest import GuestVM, VMError  # noqa: E402  pylint: disable=C0413
+from vmguest import GuestVM, VMError, merge_ranges  # noqa: E402,F401  pylint: disable=C0413
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -307,17 +307,6 @@ def iomem(vm):
             res.append((len(m.group(1)) // 2, int(m.group(2), 16),
                         int(m.group(3), 16), m.group(4)))
     return res
-
-
-def merge_ranges(ranges):
-    """Merge adjacent/overlapping inclusive (start, end) ranges."""
-    out = []
-    for s, e in sorted(ranges):
-        if out and s <= out[-1][1] + 1:
-            out[-1] = (out[-1][0], max(out[-1][1], e))
-        else:
-            out.append((s, e))
-    return out
 
 
 def device_ram(vm, base, size, iomem_list=None):

@@ -55,6 +55,17 @@ READY = b'@@READY@@\n'
 END_RE = re.compile(rb'\n@@END (-?\d+)@@\n')
 
 
+def merge_ranges(ranges):
+    """Merge adjacent/overlapping inclusive (start, end) ranges."""
+    out = []
+    for s, e in sorted(ranges):
+        if out and s <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], e))
+        else:
+            out.append((s, e))
+    return out
+
+
 def default_binary():
     """$QEMU_BINARY, else build/bin/qemu-system-x86_64, else the build dir's."""
     env = os.environ.get('QEMU_BINARY')

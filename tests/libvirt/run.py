@@ -74,6 +74,8 @@ import xml.etree.ElementTree as ET
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
 HERE = os.path.join(ROOT, 'tests', 'libvirt')
+sys.path.insert(0, os.path.join(ROOT, 'tests', 'lib'))
+from vmguest import merge_ranges  # noqa: E402  pylint: disable=C0413
 QEMU = os.path.join(ROOT, 'build', 'bin', 'qemu-system-x86_64')
 KERNEL = os.path.join(ROOT, 'build', 'guest', 'vmlinuz')
 INITRD = os.path.join(ROOT, 'build', 'guest', 'initrd.img')
@@ -417,12 +419,7 @@ def guest_ram_in(chan, base, size):
             s, e = int(m.group(1), 16), int(m.group(2), 16)
             if s >= base and e < base + size:
                 ranges.append((s, e))
-    merged = []
-    for s, e in sorted(ranges):
-        if merged and s <= merged[-1][1] + 1:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], e))
-        else:
-            merged.append((s, e))
+    merged = merge_ranges(ranges)
     return sum(e - s + 1 for s, e in merged), merged
 
 
