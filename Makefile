@@ -75,3 +75,5 @@ FORCE:
 -include bench/bench.mk
 -include tests/robust/robust.mk
 -include tests/libvirt/libvirt.mk
+-include scripts/deb.mk
+-include tests/cost/cost.mk

@@ -6,7 +6,8 @@
 # Steps: the series' patch checks, the docs build, the qtests (the series'
 # virtio-mem-test plus the tree's x86_64 qtests that cover what the series
 # touches), the demo, and the suites that bring their own make target
-# (check-e2e, check-robust, check-libvirt, bench-quick) when they exist.
+# (check-e2e, check-robust, check-cost, check-libvirt, bench-quick) when
+# they exist.
 set -u
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top" || exit 1
@@ -96,7 +97,7 @@ done
 
 step demo plain timeout 300 python3 scripts/demo.py
 
-for t in check-e2e check-robust check-libvirt bench-quick; do
+for t in check-e2e check-robust check-cost check-libvirt bench-quick; do
     if make -s -n "$t" >/dev/null 2>&1; then
         step "$t" summary make -s "$t"
     else

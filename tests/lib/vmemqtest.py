@@ -1,7 +1,8 @@
 """A small virtio-mem driver speaking the qtest protocol (no guest needed).
 
 QEMU is started with `-qtest unix:path=SOCK` (beside `-accel qtest`, or beside
-`-accel kvm -S`); QEMU connects to our listening socket.  The driver finds the
+`-accel kvm -S` or `-accel tcg -S`); QEMU connects to our listening socket.
+Used by bench/ (bench/vmemqtest.py loads this file) and tests/cost/.  The driver finds the
 virtio-mem-pci function with PCI config cycles on 0xcf8/0xcfc, maps the modern
 BAR, walks the virtio-pci vendor capabilities, negotiates features (VERSION_1,
 and UNPLUGGED_INACCESSIBLE / ACPI_PXM when offered), sets up virtqueue 0 in
