@@ -3,12 +3,13 @@
 #
 #   make bench        the full comparison (stock 7.2, patched off/on,
 #                     upstream 10.0 off/on) -> bench/results/<date>-<host>.md,
-#                     .json and PNG charts; ~15-20 minutes
+#                     .json and PNG charts; ~25-30 minutes
 #   make bench-quick  CI check (< 3 minutes): the 1 TiB idle memory saving
 #                     must hold; fails (exit 1) otherwise, skips loudly
 #                     without a usable /dev/kvm
 #
-# BENCH_ARGS passes options to bench/run.py (e.g. BENCH_ARGS='--runs 7').
+# BENCH_ARGS passes options to bench/run.py (e.g. BENCH_ARGS='--runs 7', or
+# BENCH_ARGS='--only migration,idle-cost --runs 1' for the new items only).
 
 BENCH_PY := python3
 

@@ -3,14 +3,17 @@
 
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
 sys.path.insert(0, os.path.join(ROOT, 'build', 'qemu', 'python'))
+sys.path.insert(0, os.path.join(ROOT, 'tests', 'lib'))   # vmemqtest
 
 from qemu.machine import QEMUMachine  # noqa: E402  pylint: disable=C0413
 
@@ -78,6 +81,32 @@ def binary_version(binary):
         return f'unusable: {exc}'
 
 
+def binary_mtime(binary):
+    """When the binary was last modified (ISO, UTC), or None."""
+    try:
+        path = os.path.realpath(binary)
+        return time.strftime('%Y-%m-%dT%H:%M:%SZ',
+                             time.gmtime(os.stat(path).st_mtime))
+    except OSError:
+        return None
+
+
+_HELP = {}
+
+
+def device_help(binary, dev='virtio-mem-pci'):
+    """`binary -device DEV,help` (the properties it knows), cached."""
+    if (binary, dev) not in _HELP:
+        try:
+            p = subprocess.run([binary, '-device', f'{dev},help'],
+                               capture_output=True, text=True, timeout=30,
+                               check=False)
+            _HELP[(binary, dev)] = p.stdout + p.stderr
+        except (OSError, subprocess.SubprocessError) as exc:
+            return f'unusable: {exc}'
+    return _HELP[(binary, dev)]
+
+
 def wait_binary(path, timeout=120):
     """build/bin/qemu-system-x86_64 is replaced now and then: wait for it."""
     deadline = time.monotonic() + timeout
@@ -89,20 +118,57 @@ def wait_binary(path, timeout=120):
 
 # -- host kernel memory --------------------------------------------------------
 
-def vmalloc_used():
-    with open('/proc/meminfo') as f:
+def _kib_field(path, name):
+    """The 'name:  N kB' line of a /proc file, in bytes (None if absent)."""
+    with open(path) as f:
         for line in f:
-            if line.startswith('VmallocUsed:'):
+            if line.startswith(name + ':'):
                 return int(line.split()[1]) * KiB
-    raise RuntimeError('no VmallocUsed in /proc/meminfo')
+    return None
+
+
+def meminfo(name):
+    return _kib_field('/proc/meminfo', name)
+
+
+def vmalloc_used():
+    v = meminfo('VmallocUsed')
+    if v is None:
+        raise RuntimeError('no VmallocUsed in /proc/meminfo')
+    return v
 
 
 def mem_available():
-    with open('/proc/meminfo') as f:
-        for line in f:
-            if line.startswith('MemAvailable:'):
-                return int(line.split()[1]) * KiB
-    return 0
+    return meminfo('MemAvailable') or 0
+
+
+def proc_status(pid, name):
+    """A size field (VmRSS, VmHWM, RssShmem, ...) of /proc/PID/status."""
+    return _kib_field(f'/proc/{pid}/status', name)
+
+
+def reset_peak_rss(pid):
+    """Make VmHWM restart from the current VmRSS (clear_refs 5, Linux >=
+    4.0); False if not allowed."""
+    try:
+        with open(f'/proc/{pid}/clear_refs', 'w') as f:
+            f.write('5')
+        return True
+    except OSError:
+        return False
+
+
+def settle_rss(pid, timeout=10, tol=256 * KiB, period=0.1):
+    """VmRSS of pid once two readings in a row agree within tol."""
+    deadline = time.monotonic() + timeout
+    last = proc_status(pid, 'VmRSS')
+    stable = 0
+    while time.monotonic() < deadline and stable < 2:
+        time.sleep(period)
+        cur = proc_status(pid, 'VmRSS')
+        stable = stable + 1 if abs(cur - last) <= tol else 0
+        last = cur
+    return last
 
 
 def vmalloc_by_caller():
@@ -179,7 +245,8 @@ class VMStartError(Exception):
     def short(self):
         """QEMU's own error line(s), without warnings."""
         lines = [ln.strip() for ln in self.log.splitlines()
-                 if ln.strip() and 'warning:' not in ln]
+                 if ln.strip() and 'warning:' not in ln and
+                 not ln.startswith('[I ')]     # qtest's own log lines
         return '; '.join(dict.fromkeys(lines)) or str(self)
 
 
@@ -277,9 +344,11 @@ class VM:
         return False
 
 
-def machine_args(cfg, accel, ram_gib=1, dev_size=0, requested=0, extra=()):
+def machine_args(cfg, accel, ram_gib=1, dev_size=0, requested=0, extra=(),
+                 backend='memory-backend-ram', props=''):
     """QEMU arguments: q35, `ram_gib` of boot RAM, and (dev_size > 0) one
-    virtio-mem-pci of dev_size bytes with cfg's dynamic-memslots setting."""
+    virtio-mem-pci of dev_size bytes with cfg's dynamic-memslots setting
+    (plus `props`, e.g. 'memslot-size=1G') on a `backend` object."""
     maxmem = ram_gib * GiB + dev_size
     args = ['-machine', 'q35', '-nodefaults'] + cfg.fw_args
     if accel == 'kvm':
@@ -291,10 +360,10 @@ def machine_args(cfg, accel, ram_gib=1, dev_size=0, requested=0, extra=()):
     if dev_size:
         args += ['-m', f'{ram_gib}G,maxmem={maxmem // MiB}M',
                  '-object',
-                 f'memory-backend-ram,id=mem0,size={dev_size // MiB}M,'
-                 'reserve=off',
+                 f'{backend},id=mem0,size={dev_size // MiB}M,reserve=off',
                  '-device', f'virtio-mem-pci,id=vmem0,memdev=mem0,'
-                 f'requested-size={requested},{cfg.vmem_props()}']
+                 f'requested-size={requested},{cfg.vmem_props()}'
+                 + (f',{props}' if props else '')]
     elif ram_gib > 1:
         # Large boot RAM: a backend without swap reservation (like the
         # device's), so that 65 GiB on a 24 GiB host can be created.
@@ -304,6 +373,50 @@ def machine_args(cfg, accel, ram_gib=1, dev_size=0, requested=0, extra=()):
     else:
         args += ['-m', f'{ram_gib}G']
     return args + list(extra)
+
+
+class StreamSink:
+    """A unix socket for `migrate unix:PATH`: a thread reads the stream and
+    counts its bytes (nothing is stored).  sink.uri for QMP migrate;
+    sink.wait() once the migration ended, then sink.count."""
+
+    def __init__(self, path):
+        self.path, self.uri, self.count = path, 'unix:' + path, 0
+        self._lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._lsock.bind(path)
+        self._lsock.listen(1)
+        self._eof = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self):
+        try:
+            conn, _ = self._lsock.accept()
+        except OSError:             # closed before QEMU connected
+            return
+        buf = bytearray(4 * MiB)
+        with conn:
+            while True:
+                n = conn.recv_into(buf)
+                if not n:
+                    break
+                self.count += n
+        self._eof.set()
+
+    def wait(self, timeout=60):
+        """True once QEMU closed the stream."""
+        return self._eof.wait(timeout)
+
+    def close(self):
+        self._lsock.close()
+        self._thread.join(5)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
 
 
 # -- statistics ------------------------------------------------------------------

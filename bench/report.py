@@ -39,7 +39,7 @@ def cell(s, fmt, signed=False):
 def ratio(a, b, floor=0):
     """a / b of medians; '-' when b is (within floor of) zero: a memory
     delta of a few KiB is noise, a ratio against it meaningless."""
-    if a is None or b is None:
+    if a is None or b is None or isinstance(a, str) or isinstance(b, str):
         return '-'
     a, b = a['median'] if isinstance(a, dict) else a, \
         b['median'] if isinstance(b, dict) else b
@@ -97,6 +97,101 @@ def plugged_stats(res, key, n):
     return summary(vals), first_error(rows)
 
 
+MEMSLOT_TEXT = '1G'
+
+
+def memslot_stats(res, key, n):
+    """The memslot-size row of the plugged table (key 'auto' or '1G'): host
+    kernel memory with n (0 or the memslot size) plugged, over patched on's
+    no-device VM (over its own idle device when that did not run)."""
+    ms = res.get('memslot', {})
+    if n != ms.get('size', GiB) and (n or ms.get('error')):
+        return '-', None
+    if ms.get('error'):
+        return None, ms['error']
+    rows = ms.get('runs', {}).get(key, [])
+    base = summary(r.get('vmalloc') for r in
+                   res.get('idle', {}).get('on', {}).get('0', []))
+    vals = [(r['plugged'] if n else r['vmalloc']) -
+            (base['median'] if base else r['vmalloc'])
+            for r in rows if 'plugged' in r]
+    return summary(vals), first_error(rows)
+
+
+def memslot_req_stats(res, key, metric):
+    """memslot-size runs: request times (all repetitions of all runs) or,
+    for 'plugged', the host kernel memory with 1 GiB plugged."""
+    if metric == 'plugged':
+        return memslot_stats(res, key, res.get('memslot', {}).get('size', GiB))
+    rows = res.get('memslot', {}).get('runs', {}).get(key, [])
+    return summary(v for r in rows for v in r.get(metric, [])), \
+        first_error(rows)
+
+
+MIG_METRICS = {
+    'bytes': lambda r: r['bytes'], 'seconds': lambda r: r['seconds'],
+    'zero': lambda r: r.get('ram', {}).get('duplicate'),
+    'rss': lambda r: r['rss'], 'peak_rss': lambda r: r['peak_rss'],
+    'rss_growth': lambda r: r['peak_rss'] - r['rss'],
+    'shmem': lambda r: r['shmem_peak'],
+}
+
+
+def mig_stats(res, key, case, metric):
+    """(summary, error) of a migration figure; for bytes and seconds, a
+    text when a run was cancelled (what it had sent by then)."""
+    rows = res.get('migration', {}).get(key, {}).get(case, [])
+    done = [r for r in rows if 'error' not in r]
+    cancelled = [r for r in done if 'cancelled' in r]
+    if cancelled and metric in ('bytes', 'seconds', 'zero'):
+        r = max(cancelled, key=lambda r: r['bytes'])
+        return ((f'> {fmt_bytes(r["bytes"])}†' if metric == 'bytes' else
+                 f'> {fmt_secs(r["cancelled"])}†' if metric == 'seconds' else
+                 f'> {fmt_count(r.get("ram", {}).get("duplicate"))}†'),
+                r.get('why') and 'cancelled: ' + r['why'])
+    return summary(MIG_METRICS[metric](r) for r in done), first_error(rows)
+
+
+def mig_sizes(res):
+    """Device sizes of the idle migration cases (without the no-device)."""
+    out = set()
+    for per in res.get('migration', {}).values():
+        out |= {int(c[5:]) for c in per if c.startswith('idle-')}
+    return sorted(s for s in out if s)
+
+
+def mig_over_base(res, key, case, metric):
+    """A migration figure over the same binary's no-device VM's median."""
+    base = mig_stats(res, key, 'idle-0', metric)[0]
+    rows = res.get('migration', {}).get(key, {}).get(case, [])
+    if not base or not rows or any('cancelled' in r for r in rows):
+        return mig_stats(res, key, case, metric)[0] if rows else None, \
+            first_error(rows)
+    return summary(MIG_METRICS[metric](r) - base['median'] for r in rows
+                   if 'error' not in r), first_error(rows)
+
+
+def idle_cost_stats(res, key, size, metric):
+    """(summary, error): VmRSS over the no-device VM (absolute for size 0)
+    or exec -> QMP ready."""
+    per = res.get('idle_cost', {}).get(key, {})
+    rows = per.get(str(size), [])
+    vals = [r[metric] for r in rows if metric in r]
+    if metric == 'rss' and size:
+        base = summary(r.get('rss') for r in per.get('0', []))
+        vals = [v - base['median'] for v in vals] if base else []
+    return summary(vals), first_error(rows)
+
+
+def fmt_count(n):
+    if n is None:
+        return '-'
+    for unit, size in (('G', 1e9), ('M', 1e6), ('k', 1e3)):
+        if n >= size:
+            return f'{n / size:.3g}{unit}'
+    return f'{n:.0f}'
+
+
 def req_stats(res, accel, key, metric):
     r = res.get('requests', {}).get(accel, {}).get(key, {})
     return summary(r.get(metric) or []), r.get('error')
@@ -146,40 +241,64 @@ def charts(res, stem):
         else:
             made[name] = out
 
-    # 1. idle memory and start-up vs device size
-    sizes = sizes_of(res, 'idle')
-    if sizes:
-        datas, mem_lines, st_lines = {}, [], []
+    def size_plot(name, title, ylabel, sizes, fn, unit=1, shift=0):
+        """One line per config over the device sizes: median of fn(k, s)
+        (a summary or None) / unit + shift, with min-max bars; log-log."""
+        datas, lines = {}, []
         for k in keys(res):
             rows = []
-            for s in sizes:
-                mem, st, _ = idle_stats(res, k, s)
-                if mem or st:
-                    rows.append(f'{s / GiB} '
-                                f'{max(mem["median"], 0) / MiB + 1 if mem else "NaN"} '
-                                f'{st["median"] if st else "NaN"} '
-                                f'{st["min"] if st else "NaN"} '
-                                f'{st["max"] if st else "NaN"}')
-            datas[f'idle-{k}.dat'] = '\n'.join(rows) + '\n'
-            mem_lines.append(f'"idle-{k}.dat" using 1:2 title "{lab[k]}" '
+            for sz in sizes:
+                st = fn(k, sz)
+                if isinstance(st, dict):
+                    rows.append(f'{sz / GiB} ' + ' '.join(
+                        str(max(st[q], 0) / unit + shift)
+                        for q in ('median', 'min', 'max')))
+            if rows:
+                datas[f'{name}-{k}.dat'] = '\n'.join(rows) + '\n'
+                lines.append(f'"{name}-{k}.dat" using 1:2:3:4 with '
+                             f'yerrorlines title "{lab[k]}" '
                              f'lc rgb "{COLORS[k]}" lw 2')
-            st_lines.append(f'"idle-{k}.dat" using 1:3:4:5 with yerrorlines '
-                            f'title "{lab[k]}" lc rgb "{COLORS[k]}" lw 2')
-        xt = ', '.join(f'"{fmt_size(s)}" {s / GiB}' for s in sizes)
-        plot('idle-memory',
-             'set title "Idle paused KVM VM: host kernel memory (VmallocUsed '
-             'over a no-device VM)\\nvirtio-mem device, nothing plugged; '
-             'missing points: did not start"\n'
-             f'set logscale xy\nset xtics ({xt})\n'
-             'set xlabel "virtio-mem device size"\n'
-             'set ylabel "MiB + 1 (log)"\n'
-             'plot ' + ', '.join(mem_lines) + '\n', datas)
-        plot('idle-startup',
-             'set title "Idle paused KVM VM: time from exec to QMP ready '
-             '(median, min-max)"\n'
-             f'set logscale x\nset logscale y\nset xtics ({xt})\n'
-             'set xlabel "virtio-mem device size"\nset ylabel "seconds (log)"\n'
-             'plot ' + ', '.join(st_lines) + '\n', datas)
+        if not lines:
+            return
+        xt = ', '.join(f'"{fmt_size(sz)}" {sz / GiB}' for sz in sizes)
+        plot(name, f'set title "{title}"\nset logscale xy\n'
+             f'set xtics ({xt})\nset xlabel "virtio-mem device size"\n'
+             f'set ylabel "{ylabel}"\nplot ' + ', '.join(lines) + '\n', datas)
+
+    # 1. idle memory and start-up vs device size
+    sizes = sizes_of(res, 'idle')
+    size_plot('idle-memory',
+              'Idle paused KVM VM: host kernel memory (VmallocUsed over a '
+              'no-device VM)\\nvirtio-mem device, nothing plugged; missing '
+              'points: did not start', 'MiB + 1 (log)', sizes,
+              lambda k, sz: idle_stats(res, k, sz)[0], MiB, 1)
+    size_plot('idle-startup',
+              'Idle paused KVM VM: time from exec to QMP ready (median, '
+              'min-max)', 'seconds (log)', sizes,
+              lambda k, sz: idle_stats(res, k, sz)[1])
+
+    # 5. migration stream and time vs idle device size
+    msizes = mig_sizes(res)
+    size_plot('migration-bytes',
+              'Migration of a paused VM with an idle virtio-mem device: '
+              'stream bytes\\n(median, min-max; missing points: cancelled '
+              'or not started)', 'MiB (log)', msizes,
+              lambda k, sz: mig_stats(res, k, f'idle-{sz}', 'bytes')[0], MiB)
+    size_plot('migration-time',
+              'Migration of a paused VM with an idle virtio-mem device: '
+              'time (median, min-max)', 'seconds (log)', msizes,
+              lambda k, sz: mig_stats(res, k, f'idle-{sz}', 'seconds')[0])
+
+    # 6. idle QEMU cost vs device size
+    csizes = sizes_of(res, 'idle_cost')
+    size_plot('idle-cost-rss',
+              'Idle paused VM: QEMU\'s own VmRSS over the VM without the '
+              'device (median, min-max)', 'MiB + 1 (log)', csizes,
+              lambda k, sz: idle_cost_stats(res, k, sz, 'rss')[0], MiB, 1)
+    size_plot('idle-cost-startup',
+              'Idle paused VM: exec to QMP ready (median, min-max)',
+              'seconds (log)', csizes,
+              lambda k, sz: idle_cost_stats(res, k, sz, 'start')[0])
 
     # 2. plugged cost vs plugged size, with the limit
     psizes = sorted(int(n) for n in res.get('limit', {}) if int(n))
@@ -273,6 +392,57 @@ def table(head, rows):
     return out
 
 
+def sbytes(v):
+    return fmt_bytes(v, True)
+
+
+def miss_text(e):
+    """What a table shows where a figure is missing."""
+    for start, text in (('not started by the benchmark', 'not started*'),
+                        ('not supported', 'not supported'),
+                        ('not run', 'not run')):
+        if e and e.startswith(start):
+            return text
+    return 'failed'
+
+
+def config_tables(L, head, rows_of, cols, get, fmt, refs=(), ref_text='',
+                  floor=0, extra_rows=()):
+    """Append to L a table with a row per (key, name) of rows_of and a
+    column per (col, name) of cols, each cell get(key, col) -> (summary, a
+    ready text, or None; error), formatted by fmt (or fmt[col]); then, if
+    refs are given, the table of the ratios of the medians against each
+    ref(col) -> summary, introduced by ref_text.  Returns the errors as
+    '- name[, columns]: error' lines."""
+    rows, rrows, errs = [], [], {}
+    for k, name in rows_of:
+        row, rrow = [name], [name]
+        for c, cname in cols:
+            s, e = get(k, c)
+            f = fmt[c] if isinstance(fmt, dict) else fmt
+            if isinstance(s, str):
+                row.append(s)
+            else:
+                row.append(cell(s, f) if s else miss_text(e))
+            rats = [ratio(s, ref(c), floor) for ref in refs
+                    if isinstance(s, dict)]
+            rrow.append(' / '.join(rats) if set(rats) - {'-'} else '-')
+            if e:
+                errs.setdefault((name, e), []).append(cname)
+        rows.append(row)
+        rrows.append(rrow)
+    L += table(head, rows + list(extra_rows))
+    L.append('')
+    if refs:
+        L.append(ref_text)
+        L.append('')
+        L += table(head, rrows)
+        L.append('')
+    return [f'- {name}: {e}' if len(where) == len(cols) else
+            f'- {name}, {", ".join(where)}: {e}'
+            for (name, e), where in errs.items()]
+
+
 def headline(res):
     """The figures for the README: list of (what, value)."""
     lab = labels(res)
@@ -298,6 +468,26 @@ def headline(res):
                              + (f' (upstream {ratio(up, lim)})' if up else ''))
         out.append(('1 TiB device, plugged, patched on: cost / limit '
                     '(same amount of boot RAM)', '; '.join(parts)))
+    ms1 = memslot_stats(res, '1G', GiB)
+    lim1 = limit_stats(res, GiB)
+    if res.get('memslot'):
+        out.append(('1 TiB device, 1 GiB plugged, patched on with '
+                    'memslot-size=1G: cost / limit',
+                    ratio(ms1[0], lim1) if isinstance(ms1[0], dict) and lim1
+                    else miss_text(ms1[1])))
+    mig = [c for c in ('idle-1099511627776', 'idle-17592186044416')
+           if c in mig_cases_of(res)]
+    for c in mig:
+        out.append((f'Migration, paused VM, {mig_case_name(c)} device: '
+                    'stream bytes, time',
+                    ', '.join(f'{lab[k]} ' + mig_cell(res, k, c)
+                              for k in keys(res))))
+    if 16 * TiB in sizes_of(res, 'idle_cost'):
+        out.append(('16 TiB device, idle: QEMU VmRSS over no device',
+                    ', '.join(f'{lab[k]} ' + (
+                        sbytes(st['median']) if st else miss_text(e))
+                        for k in keys(res) for st, e in
+                        [idle_cost_stats(res, k, 16 * TiB, 'rss')])))
     for accel in res.get('requests', {}):
         parts = []
         for m, what in (('plug_1g', 'plug'), ('unplug_1g', 'unplug')):
@@ -315,6 +505,91 @@ def headline(res):
 
 
 PLUG_SIZES_DEFAULT = [1 * GiB, 4 * GiB, 16 * GiB, 64 * GiB]
+
+
+def mig_cell(res, k, c):
+    """'bytes / time' of one migration case, medians."""
+    parts = []
+    for m, f in (('bytes', fmt_bytes), ('seconds', fmt_secs)):
+        st, e = mig_stats(res, k, c, m)
+        parts.append(st if isinstance(st, str) else
+                     f(st['median']) if st else miss_text(e))
+    return ' / '.join(parts)
+
+
+def mig_targets(res):
+    """Issue 10: on's stream within 1% of off and of upstream 10.0 on,
+    memfd source growth under 64 MiB; issue 12's migration targets."""
+    out = []
+    for c in mig_cases_of(res):
+        on = mig_stats(res, 'on', c, 'bytes')
+        for ref in ('off', 'up-on'):
+            other = mig_stats(res, ref, c, 'bytes')[0]
+            if isinstance(other, dict) and on[0] is not None:
+                ok = (isinstance(on[0], dict) and
+                      on[0]['median'] <= 1.01 * other['median'])
+                out.append((ok, f'migration, {mig_case_name(c)}: patched on '
+                                f'{mig_cell(res, "on", c)}, {ref} '
+                                f'{mig_cell(res, ref, c)} (stream at most '
+                                '+1%)'))
+    for m, what in (('rss_growth', 'source VmRSS'), ('shmem', 'host Shmem')):
+        st = mig_stats(res, 'on', 'memfd', m)[0]
+        if st:
+            out.append((st['median'] < 64 * MiB,
+                        f'migration, 8 GiB memfd idle: patched on {what} '
+                        f'growth {sbytes(st["median"])} (below 64 MiB)'))
+    for c in mig_cases_of(res):
+        if not c.startswith('idle-') or int(c[5:]) < 4 * TiB:
+            continue
+        t = mig_stats(res, 'on', c, 'seconds')[0]
+        t0 = mig_stats(res, 'on', 'idle-0', 'seconds')[0]
+        if t is not None and t0:
+            ok = isinstance(t, dict) and t['median'] <= 1.5 * t0['median']
+            out.append((ok, f'migration, {mig_case_name(c)}: patched on '
+                            f'time {t if isinstance(t, str) else fmt_secs(t["median"])}'
+                            f', no device {fmt_secs(t0["median"])} (at most '
+                            '1.5x)'))
+        p = mig_over_base(res, 'on', c, 'peak_rss')[0]
+        if isinstance(p, dict):
+            out.append((p['median'] <= 64 * MiB,
+                        f'migration, {mig_case_name(c)}: patched on peak '
+                        f'VmRSS over no device {sbytes(p["median"])} (at '
+                        'most +64 MiB)'))
+    return out
+
+
+def idle_cost_targets(res):
+    """Issue 12: idle 16 TiB on: VmRSS <= no device + 64 MiB, QMP ready
+    <= 2x no device + 0.2 s; issue 11: memslot-size=1G row."""
+    out = []
+    for sz in sizes_of(res, 'idle_cost'):
+        if sz < 16 * TiB:
+            continue
+        rss = idle_cost_stats(res, 'on', sz, 'rss')[0]
+        st = idle_cost_stats(res, 'on', sz, 'start')[0]
+        st0 = idle_cost_stats(res, 'on', 0, 'start')[0]
+        if rss:
+            out.append((rss['median'] <= 64 * MiB,
+                        f'idle {fmt_size(sz)}: patched on VmRSS over no '
+                        f'device {sbytes(rss["median"])} (at most +64 MiB)'))
+        if st and st0:
+            out.append((st['median'] <= 2 * st0['median'] + 0.2,
+                        f'idle {fmt_size(sz)}: patched on QMP ready '
+                        f'{fmt_secs(st["median"])}, no device '
+                        f'{fmt_secs(st0["median"])} (at most 2x + 0.2 s)'))
+    ms1, lim1 = memslot_stats(res, '1G', GiB)[0], limit_stats(res, GiB)
+    if isinstance(ms1, dict) and lim1:
+        out.append((ms1['median'] <= 1.05 * lim1['median'],
+                    f'1 GiB plugged, memslot-size=1G: {sbytes(ms1["median"])}'
+                    f' = {ratio(ms1, lim1)} x the limit (at most 1.05)'))
+    for m in ('plug_1g', 'unplug_1g'):
+        a = memslot_req_stats(res, '1G', m)[0]
+        b = memslot_req_stats(res, 'auto', m)[0]
+        if a and b:
+            out.append((a['median'] <= 1.1 * b['median'],
+                        f'{m} with memslot-size=1G / automatic = '
+                        f'{ratio(a, b)} (no slower; 10% allowed for noise)'))
+    return out
 
 
 def targets(res):
@@ -352,7 +627,7 @@ def targets(res):
                             f'kvm: {m} patched on / upstream on = '
                             f'{ratio(on, upon)} (at most 2; else report why)'))
     del lab
-    return out
+    return out + mig_targets(res) + idle_cost_targets(res)
 
 
 def write(res, stem):
@@ -384,7 +659,8 @@ def write(res, stem):
     L.append('')
     L += table(['config', 'binary', 'version', 'virtio-mem properties'], [
         [c['label'], f'`{os.path.relpath(c["binary"], lib.ROOT)}`',
-         c['version'], 'unplugged-inaccessible=on' + (
+         c['version'] + (f' (file of {c["built"]})' if c.get('built')
+                         else ''), 'unplugged-inaccessible=on' + (
              '' if c['dynamic'] is None else
              f',dynamic-memslots={"on" if c["dynamic"] else "off"}')]
         for c in m['configs']])
@@ -398,9 +674,17 @@ def write(res, stem):
     if tg:
         L.append('## Targets')
         L.append('')
-        L.append('Targets of the issue: idle and plugged cost equal to '
+        L.append('Targets of the issues: idle and plugged cost equal to '
                  'upstream 10.0 on or better; plug/unplug with on at most '
-                 '1.5x off; on KVM, with on at most 2x upstream 10.0 on. '
+                 '1.5x off; on KVM, with on at most 2x upstream 10.0 on; '
+                 'migration stream with on at most 1% over off and over '
+                 'upstream 10.0 on, an idle memfd device growing neither the '
+                 'source\'s RSS nor the host\'s Shmem by 64 MiB; an idle '
+                 '16 TiB device costing QEMU at most 64 MiB and 2x + 0.2 s '
+                 'of start-up, migration with an idle 4 / 16 TiB device at '
+                 'most 1.5x the time and +64 MiB peak RSS of the VM without '
+                 'it; 1 GiB plugged with memslot-size=1G at most 1.05x the '
+                 'limit. '
                  'Note: on KVM a plug or unplug that maps or unmaps a memslot '
                  'pays KVM for creating/freeing that memslot (zeroing ~10 '
                  'bytes of metadata per 4 KiB, ~10 MiB for a 4 GiB memslot, '
@@ -431,39 +715,26 @@ def write(res, stem):
             L.append('')
         L.append('Host kernel memory:')
         L.append('')
-        rows, rrows, srows, errs = [], [], [], []
-        for k in ks:
-            row, rrow, srow = [lab[k]], [lab[k]], [lab[k]]
-            for s in sizes:
-                mem, st, e = idle_stats(res, k, s)
-                miss = 'not started*' if e and e.startswith(
-                    'not started by the benchmark') else 'failed'
-                row.append(cell(mem, fmt_bytes, True) if mem else miss)
-                srow.append(cell(st, fmt_secs) if st else miss)
-                stk = idle_stats(res, 'stock', s)[0]
-                upo = idle_stats(res, 'up-on', s)[0]
-                rrow.append(f'{ratio(mem, stk, MiB)} / {ratio(mem, upo, MiB)}'
-                            if mem else '-')
-                if e:
-                    errs.append(f'- {lab[k]}, {fmt_size(s)}: {e}')
-            rows.append(row)
-            rrows.append(rrow)
-            srows.append(srow)
-        head = ['config'] + [fmt_size(s) for s in sizes]
-        L += table(head, rows)
-        L.append('')
-        L.append('Ratios of the memory medians: against stock 7.2 / against '
-                 'upstream 10.0 on:')
-        L.append('')
-        L += table(head, rrows)
-        L.append('')
+        cols = [(sz, fmt_size(sz)) for sz in sizes]
+        head = ['config'] + [c[1] for c in cols]
+        rows_of = [(k, lab[k]) for k in ks]
+
+        def mem_of(k, sz):
+            mem, _, e = idle_stats(res, k, sz)
+            return mem, e
+        errs = config_tables(
+            L, head, rows_of, cols, mem_of, sbytes,
+            [lambda sz: idle_stats(res, 'stock', sz)[0],
+             lambda sz: idle_stats(res, 'up-on', sz)[0]],
+            'Ratios of the memory medians: against stock 7.2 / against '
+            'upstream 10.0 on:', MiB)
         L.append('Start-up, exec to QMP ready:')
         L.append('')
         if 'idle-startup' in made:
             L.append(f'![idle start-up]({made["idle-startup"]})')
             L.append('')
-        L += table(head, srows)
-        L.append('')
+        config_tables(L, head, rows_of, cols,
+                      lambda k, sz: idle_stats(res, k, sz)[1:], fmt_secs)
         if errs:
             L.append('Configurations that did not start (each is a result; '
                      '* = not started by the benchmark\'s memory guard):')
@@ -489,8 +760,10 @@ def write(res, stem):
         L.append('')
 
     # 2
-    psizes = sorted(int(n) for n in res.get('limit', {}) if int(n))
-    if res.get('plugged'):
+    psizes = sorted({int(n) for n in res.get('limit', {}) if int(n)} |
+                    ({res['memslot'].get('size', GiB)} if 'memslot' in res
+                     else set()))
+    if res.get('plugged') or res.get('memslot'):
         L.append('## 2. Plugged cost: 1 TiB device, paused KVM VM')
         L.append('')
         L.append('Memory plugged through the qtest virtio-mem driver '
@@ -502,35 +775,52 @@ def write(res, stem):
         if 'plugged' in made:
             L.append(f'![plugged]({made["plugged"]})')
             L.append('')
-        head = ['config'] + ['0 (idle)'] + [f'{n // GiB} GiB' for n in psizes]
-        rows, rrows, errs = [], [], []
+        cols = [(0, '0 (idle)')] + [(n, f'{n // GiB} GiB') for n in psizes]
+        head = ['config'] + [c[1] for c in cols]
+        rows_of = [(k, lab[k]) for k in ks] if res.get('plugged') else []
+        if 'memslot' in res:
+            rows_of.append(('memslot', f'{lab.get("on", "on")}, '
+                            'memslot-size=1G'))
+
+        def get(k, n):
+            if k == 'memslot':
+                return memslot_stats(res, '1G', n)
+            return plugged_stats(res, k, n)
+
+        def ref(fn):
+            return lambda n: fn(n) if n else None
         lim_row = ['limit (boot RAM)', '0'] + [
-            cell(limit_stats(res, n), fmt_bytes, True) for n in psizes]
-        for k in ks:
-            row, rrow = [lab[k]], [lab[k], '-']
-            s0, e = plugged_stats(res, k, 0)
-            row.append(cell(s0, fmt_bytes, True) if s0 else 'failed')
-            for n in psizes:
-                s, e = plugged_stats(res, k, n)
-                row.append(cell(s, fmt_bytes, True) if s else 'failed')
-                rrow.append(
-                    f'{ratio(s, limit_stats(res, n), MiB)} / '
-                    f'{ratio(s, plugged_stats(res, "stock", n)[0], MiB)} / '
-                    f'{ratio(s, plugged_stats(res, "up-on", n)[0], MiB)}')
-            if e:
-                errs.append(f'- {lab[k]}: {e}')
-            rows.append(row)
-            rrows.append(rrow)
-        L += table(head, rows + [lim_row])
-        L.append('')
-        L.append('Ratios: against the limit / against stock 7.2 / against '
-                 'upstream 10.0 on:')
-        L.append('')
-        L += table(head, rrows)
-        L.append('')
+            cell(limit_stats(res, n), sbytes) for n in psizes]
+        errs = config_tables(
+            L, head, rows_of, cols, get, sbytes,
+            [ref(lambda n: limit_stats(res, n)),
+             ref(lambda n: plugged_stats(res, 'stock', n)[0]),
+             ref(lambda n: plugged_stats(res, 'up-on', n)[0])],
+            'Ratios: against the limit / against stock 7.2 / against '
+            'upstream 10.0 on:', MiB, [lim_row])
         if errs:
             L += errs
             L.append('')
+        if res.get('memslot', {}).get('runs'):
+            L.append('The memslot-size=1G row: its own paused KVM VM '
+                     f'(`memslot-size={MEMSLOT_TEXT}` beside '
+                     '`dynamic-memslots=on`), 1 GiB plugged at the device '
+                     'start. The cost of a 1 GiB plug / unplug request that '
+                     'maps / unmaps one memslot there (1 GiB memslot) and '
+                     'with the automatic size (4 GiB memslots for a 1 TiB '
+                     'device), through the qtest driver; ratios against the '
+                     'automatic size:')
+            L.append('')
+            mcols = [('plug_1g', 'plug 1 GiB'), ('unplug_1g', 'unplug 1 GiB'),
+                     ('plugged', '1 GiB plugged: host kernel memory')]
+            config_tables(
+                L, ['memslot size'] + [c[1] for c in mcols],
+                [('auto', 'automatic'), ('1G', 'memslot-size=1G')], mcols,
+                lambda k, m: memslot_req_stats(res, k, m),
+                {'plug_1g': fmt_secs, 'unplug_1g': fmt_secs,
+                 'plugged': sbytes},
+                [lambda m: memslot_req_stats(res, 'auto', m)[0]],
+                'Ratios against the automatic size:')
 
     # 3
     if res.get('requests'):
@@ -556,7 +846,7 @@ def write(res, stem):
                    ('burst_unplug', 'unplug burst 512x2 MiB'),
                    ('txn_0', 'transaction, nothing plugged'),
                    ('txn_256', 'transaction, 256 pieces plugged')]
-        for accel, per in res['requests'].items():
+        for accel in res['requests']:
             L.append(f'### {ACCEL_NAMES.get(accel, accel)}')
             L.append('')
             name = f'requests-{accel}'
@@ -564,27 +854,13 @@ def write(res, stem):
                 L.append(f'![requests {accel}]({made[name]})')
                 L.append('')
             head = ['config'] + [t for _, t in metrics]
-            rows, rrows, errs = [], [], []
-            for k in ks:
-                row, rrow = [lab[k]], [lab[k]]
-                for mt, _ in metrics:
-                    s, e = req_stats(res, accel, k, mt)
-                    row.append(cell(s, fmt_secs) if s else 'failed')
-                    rrow.append(
-                        f'{ratio(s, req_stats(res, accel, "off", mt)[0])} / '
-                        f'{ratio(s, req_stats(res, accel, "stock", mt)[0])} / '
-                        f'{ratio(s, req_stats(res, accel, "up-on", mt)[0])}')
-                if per.get(k, {}).get('error'):
-                    errs.append(f'- {lab[k]}: {per[k]["error"]}')
-                rows.append(row)
-                rrows.append(rrow)
-            L += table(head, rows)
-            L.append('')
-            L.append('Ratios: against patched off / against stock 7.2 / '
-                     'against upstream 10.0 on:')
-            L.append('')
-            L += table(head, rrows)
-            L.append('')
+            errs = config_tables(
+                L, head, [(k, lab[k]) for k in ks], metrics,
+                lambda k, mt, a=accel: req_stats(res, a, k, mt), fmt_secs,
+                [lambda mt, a=accel, r=r: req_stats(res, a, r, mt)[0]
+                 for r in ('off', 'stock', 'up-on')],
+                'Ratios: against patched off / against stock 7.2 / '
+                'against upstream 10.0 on:')
             if errs:
                 L.append('Did not run:')
                 L.append('')
@@ -630,11 +906,15 @@ def write(res, stem):
         if errs:
             L += errs
             L.append('')
-    if chart_errors or res.get('crashed'):
+    L += migration_section(res, made)
+    L += idle_cost_section(res, made)
+    replaced = m.get('replaced', [])
+    if chart_errors or res.get('crashed') or replaced:
         L.append('## Problems of this run')
         L.append('')
         for e in chart_errors:
             L.append(f'- chart {e}')
+        L += [f'- {text}' for text in replaced]
         for k, v in res.get('crashed', {}).items():
             L.append(f'- section {k} crashed: `{v.strip().splitlines()[-1]}`')
         L.append('')
@@ -645,3 +925,154 @@ def write(res, stem):
 
 
 GUEST_DEV_DEFAULT = 1 * TiB
+
+MIG_CASE_NAMES = {'idle-0': 'no device', 'plugged': '16 GiB plugged',
+                  'unplugged': '1 TiB, 4 GiB plugged then all unplugged',
+                  'memfd': '8 GiB memfd, idle'}
+
+
+def mig_case_name(case):
+    if case in MIG_CASE_NAMES:
+        return MIG_CASE_NAMES[case]
+    return f'idle {fmt_size(int(case[5:]))}'
+
+
+def mig_cases_of(res):
+    """The migration cases of this run, in a fixed order."""
+    have = {c for per in res.get('migration', {}).values() for c in per}
+    order = (['idle-0'] + [f'idle-{sz}' for sz in mig_sizes(res)] +
+             ['plugged', 'unplugged', 'memfd'])
+    return [c for c in order if c in have]
+
+
+def chart(made, name, L):
+    if name in made:
+        L.append(f'![{name}]({made[name]})')
+        L.append('')
+
+
+def migration_section(res, made):
+    """## 5: stream bytes, time, zero pages, memfd RSS / Shmem."""
+    cases = mig_cases_of(res)
+    if not cases:
+        return []
+    lab, ks = labels(res), keys(res)
+    rows_of = [(k, lab[k]) for k in ks]
+    timeout = res['meta'].get('migration_timeout')
+    L = ['## 5. Migration of a paused VM with an idle or unplugged device', '']
+    L.append('`-accel tcg -S -cpu qemu64,phys-bits=48` (the same for every '
+             'binary) `-m 2G,maxmem=2G+S`, one `virtio-mem-pci` on '
+             '`memory-backend-ram,reserve=off` with `requested-size=0` '
+             '(nothing ever plugged) unless said; `migrate` to a unix socket '
+             'whose reader counts the bytes (nothing stored), '
+             '`max-bandwidth` 64 GiB/s; time is QEMU\'s `total-time`. '
+             '"16 GiB plugged": 16 GiB plugged into a 1 TiB device through '
+             'the qtest virtio-mem driver (`-qtest` socket beside the paused '
+             'TCG VM: Debian\'s builds have no qtest accelerator); "4 GiB '
+             'plugged then all unplugged": the same 1 TiB device, 4 GiB '
+             'plugged and unplugged again, requested-size back to 0. † = '
+             f'cancelled after {timeout or 0:.0f} s (`--migration-timeout`): '
+             'what it had sent by then.')
+    L.append('')
+    cols = [(c, mig_case_name(c)) for c in cases]
+    head = ['config'] + [c[1] for c in cols]
+    errs = []
+    for m, what, f in (('bytes', 'stream bytes', fmt_bytes),
+                       ('seconds', 'times', fmt_secs)):
+        chart(made, 'migration-' + ('time' if m == 'seconds' else m), L)
+        L += [f'{what.capitalize()}:', '']
+        errs = config_tables(
+            L, head, rows_of, cols,
+            lambda k, c, m=m: mig_stats(res, k, c, m), f,
+            [lambda c, r=r, m=m: mig_stats(res, r, c, m)[0]
+             for r in ('off', 'up-on')],
+            f'Ratios of the {what}: against patched off / against '
+            'upstream 10.0 on:')
+    L += ['Pages sent as zero pages (QEMU\'s `ram.duplicate`):', '']
+    config_tables(L, head, rows_of, cols,
+                  lambda k, c: mig_stats(res, k, c, 'zero'), fmt_count)
+    if 'memfd' in cases:
+        L += ['8 GiB idle device on `memory-backend-memfd`: the source '
+              'QEMU\'s VmRSS before the migration, its peak during it '
+              '(VmHWM, reset at the start), and the host\'s `Shmem` growth '
+              '(peak during the migration; reading unplugged memfd memory '
+              'allocates it; host-wide, so other jobs on the host can add '
+              'to it):', '']
+        mcols = [('rss', 'VmRSS before'), ('peak_rss', 'peak VmRSS'),
+                 ('rss_growth', 'VmRSS growth'), ('shmem', 'host Shmem growth')]
+        config_tables(
+            L, ['config'] + [c[1] for c in mcols], rows_of, mcols,
+            lambda k, m: mig_stats(res, k, 'memfd', m),
+            {'rss': fmt_bytes, 'peak_rss': fmt_bytes, 'rss_growth': sbytes,
+             'shmem': sbytes})
+    if errs:
+        L += ['Did not run (* = not started by the benchmark\'s memory '
+              'guard):', ''] + errs + ['']
+    return L
+
+
+def idle_cost_section(res, made):
+    """## 6: QEMU's own VmRSS and start-up, migration time and peak RSS."""
+    sizes = sizes_of(res, 'idle_cost')
+    if not res.get('idle_cost'):
+        return []
+    lab, ks = labels(res), keys(res)
+    rows_of = [(k, lab[k]) for k in ks]
+    accel = res['meta'].get('idle_cost_accel', 'kvm')
+    L = ['## 6. Idle QEMU cost: QEMU\'s own memory, start-up, migration', '']
+    L.append(f'A {ACCEL_NAMES.get(accel, accel)}'
+             + ('' if accel == 'kvm' else ' (/dev/kvm was unusable: '
+                f'{res["meta"].get("kvm")})') +
+             ' with one idle device (nothing plugged) of each size, '
+             '`-m 1G,maxmem=...`: QEMU\'s own VmRSS (/proc/PID/status, once '
+             'stable) over the same binary\'s VM without the device, and '
+             'exec to QMP ready. The "no device" column is that VM\'s '
+             'absolute figure.')
+    L.append('')
+    chart(made, 'idle-cost-rss', L)
+    cols = [(0, 'no device')] + [(sz, fmt_size(sz)) for sz in sizes]
+    head = ['config'] + [c[1] for c in cols]
+    L += ['VmRSS:', '']
+    errs = config_tables(
+        L, head, rows_of, cols,
+        lambda k, sz: idle_cost_stats(res, k, sz, 'rss'),
+        {c: (fmt_bytes if not c else sbytes) for c, _ in cols},
+        [lambda sz, r=r: idle_cost_stats(res, r, sz, 'rss')[0]
+         for r in ('off', 'up-on')],
+        'Ratios of the VmRSS growth: against patched off / against '
+        'upstream 10.0 on:', MiB)
+    chart(made, 'idle-cost-startup', L)
+    L += ['Exec to QMP ready:', '']
+    config_tables(L, head, rows_of, cols,
+                  lambda k, sz: idle_cost_stats(res, k, sz, 'start'),
+                  fmt_secs)
+    if errs:
+        L += ['Did not run (* = not started by the benchmark\'s memory '
+              'guard):', ''] + sorted(set(errs)) + ['']
+    big = [c for c in mig_cases_of(res)
+           if c.startswith('idle-') and int(c[5:]) >= 4 * TiB]
+    if big:
+        L.append('Migration of the paused TCG VM of section 5 with an idle '
+                 'device: time; the source\'s VmRSS growth during the '
+                 'migration (peak minus VmRSS before it); and its peak VmRSS '
+                 'over the peak of the VM without the device (the goal: '
+                 'at most +64 MiB):')
+        L.append('')
+        mcols = [(('seconds', c), f'{mig_case_name(c)}: time')
+                 for c in ['idle-0'] + big]
+        mcols += [(('rss_growth', c), f'{mig_case_name(c)}: VmRSS growth')
+                  for c in ['idle-0'] + big]
+        mcols += [(('peak_rss', c), f'{mig_case_name(c)}: peak over no '
+                   'device') for c in big]
+
+        def get(k, col):
+            m, c = col
+            if m == 'peak_rss':
+                return mig_over_base(res, k, c, m)
+            return mig_stats(res, k, c, m)
+        config_tables(
+            L, ['config'] + [c[1] for c in mcols], rows_of, mcols, get,
+            {c: (fmt_secs if c[0] == 'seconds' else sbytes)
+             for c, _ in mcols})
+    return L
+

@@ -10,13 +10,22 @@ with off and on:
     no-device VM of the same binary, and /proc/vmallocinfo by caller) and the
     time from exec to QMP ready;
  2. plugged cost: a 1 TiB device with 1, 4, 16, 64 GiB plugged by the qtest
-    virtio-mem driver (bench/vmemqtest.py) on a paused KVM VM, against the
+    virtio-mem driver (tests/lib/vmemqtest.py) on a paused KVM VM, against the
     physical limit (the same amount of ordinary boot RAM, measured here);
  3. QEMU-side request cost, driven by the qtest driver under -accel qtest and
     on a paused KVM VM: plug/unplug of 1 GiB, bursts of block-sized requests,
     one memory transaction with 256 aliases mapped;
  4. guest-visible latency under TCG: qom-set requested-size until the guest's
-    MemTotal changes (tests/lib/vmguest.py guest).
+    MemTotal changes (tests/lib/vmguest.py guest);
+ 5. migration of a paused TCG VM with an idle device of 64 GiB .. 16 TiB,
+    16 GiB plugged, 4 GiB plugged then unplugged, an idle memfd device:
+    stream bytes (counted by a unix socket reader), time, source RSS and
+    host Shmem;
+ 6. idle QEMU cost: QEMU's own VmRSS and exec -> QMP ready with an idle
+    device of 64 GiB .. 16 TiB (paused KVM VM), and migration time / peak
+    RSS with an idle 4 and 16 TiB device;
+ plus, in item 2's table, 1 GiB plugged with memslot-size=1G (patched on,
+ where the binary has the property) and its plug/unplug request cost.
 
 Writes bench/results/<date>-<host>.md, .json and PNG charts (gnuplot).
 `--quick` runs only the CI check of the 1 TiB idle saving (exit 1 on failure,
@@ -56,6 +65,8 @@ HEADROOM = 4 * GiB
 META_PER_PAGE_DEFAULT = 10.05      # bytes per 4 KiB, refined by item 2
 
 DEV = '/machine/peripheral/vmem0'
+SECTIONS = ['idle', 'plugged', 'memslot-size', 'requests', 'guest',
+            'migration', 'idle-cost']
 
 
 def log(msg=''):
@@ -166,6 +177,16 @@ def limit_per_page(res):
     return best
 
 
+def measure_plugged(cfg, after, props=''):
+    """measure_kvm_vm() of a paused KVM VM with a 1 TiB device (plus
+    `props`) and a qtest socket for after(); {'error': ...} if it fails."""
+    args = lib.machine_args(cfg, 'kvm', dev_size=PLUG_DEV, props=props)
+    try:
+        return measure_kvm_vm(cfg.binary, args, qtest=True, after=after)
+    except (VMStartError, OSError, RuntimeError, vq.QtestError) as exc:
+        return {'error': err_text(exc)}
+
+
 def bench_plugged(cfgs, sizes, runs, res):
     out = res.setdefault('plugged', {})
 
@@ -184,13 +205,7 @@ def bench_plugged(cfgs, sizes, runs, res):
 
     for run in range(runs):
         for cfg in cfgs:
-            args = lib.machine_args(cfg, 'kvm', dev_size=PLUG_DEV)
-            try:
-                r = measure_kvm_vm(cfg.binary, args, qtest=True,
-                                   after=plug_steps)
-            except (VMStartError, OSError, RuntimeError,
-                    vq.QtestError) as exc:
-                r = {'error': err_text(exc)}
+            r = measure_plugged(cfg, plug_steps)
             out.setdefault(cfg.key, []).append(r)
             log(f'  plugged run {run + 1} {cfg.key:7}: ' + (
                 ' '.join(f'{int(n) // GiB}G={lib.fmt_bytes(v, True)}'
@@ -332,6 +347,233 @@ def guest_resize(vm, size, start_total, want_total, timeout=180):
                                f'want {want_total} (requested-size {size})')
 
 
+# -- 5. migration ------------------------------------------------------------------------
+
+# (case key, device size, how): idle devices of each size on
+# memory-backend-ram, plugged / plugged-then-unplugged memory (qtest driver),
+# and one memfd-backed idle device (source RSS and host Shmem).
+def mig_cases(sizes, extra=True):
+    return ([('idle-0', 0, 'idle')] +
+            [(f'idle-{s}', s, 'idle') for s in sizes] +
+            ([('plugged', PLUG_DEV, 'plug'), ('unplugged', PLUG_DEV, 'unplug'),
+              ('memfd', MIG_MEMFD, 'memfd')] if extra else []))
+
+
+MIG_MEMFD = 8 * GiB           # 'memfd': idle memfd-backed device
+MIG_PLUG = 16 * GiB           # 'plug': plugged into the 1 TiB device
+MIG_UNPLUG = 4 * GiB          # 'unplug': plugged, then all unplugged
+MIG_RAM_GIB = 2
+
+
+def rss_guard(size, populate=0):
+    """None, or why a QEMU with a device of `size` (and `populate` bytes the
+    run may allocate) must not be started: QEMU's dirty-memory bitmaps and
+    migration's bitmap cost ~4 bits per 4 KiB page of the device."""
+    need = size / 4096 / 2 + populate
+    avail = lib.mem_available()
+    if need > avail - HEADROOM:
+        return (f'not started by the benchmark: needs ~{lib.fmt_bytes(need)} '
+                f'of host memory, MemAvailable is {lib.fmt_bytes(avail)} '
+                f'(keeping {lib.fmt_bytes(HEADROOM)} free)')
+    return None
+
+
+def migrate_measure(vm, timeout):
+    """Migrate the paused vm to a byte-counting unix socket; return the
+    stream bytes, seconds, QEMU's RAM counters and the source's RSS / peak
+    RSS / host Shmem growth.  Cancelled after `timeout` seconds (then
+    'cancelled' holds the seconds and 'bytes' what was sent by then)."""
+    pid = vm.pid
+    r = {}
+    vm.qmp('migrate-set-parameters', **{'max-bandwidth': 64 * GiB})
+    with lib.StreamSink(os.path.join(vm.workdir, 'migrate.sock')) as sink:
+        r['rss'] = lib.settle_rss(pid)
+        shm0 = lib.meminfo('Shmem')
+        hwm = lib.reset_peak_rss(pid)
+        peak, shm_peak = r['rss'], shm0
+        t0 = time.monotonic()
+        vm.qmp('migrate', uri=sink.uri)
+        while True:
+            time.sleep(0.05)
+            info = vm.qmp('query-migrate')
+            st = info.get('status')
+            peak = max(peak, lib.proc_status(pid, 'VmRSS'))
+            shm_peak = max(shm_peak, lib.meminfo('Shmem'))
+            if st == 'completed':
+                break
+            if st in ('failed', 'cancelled'):
+                raise RuntimeError(f'migration {st}: '
+                                   f'{info.get("error-desc", "")}')
+            low = lib.mem_available() < HEADROOM // 2
+            if time.monotonic() - t0 > timeout or low:
+                # Too slow, or eating the shared host's memory: stop it.
+                r['cancelled'] = time.monotonic() - t0
+                if low:
+                    r['why'] = (f'host MemAvailable fell below '
+                                f'{lib.fmt_bytes(HEADROOM // 2)}')
+                vm.qmp('migrate_cancel')
+                break
+        r['wall'] = time.monotonic() - t0
+        if not sink.wait(60):
+            raise RuntimeError('the migration stream was not closed')
+        r['bytes'] = sink.count
+    if hwm:
+        peak = max(peak, lib.proc_status(pid, 'VmHWM'))
+    r['peak_rss'] = peak
+    r['shmem'] = lib.meminfo('Shmem') - shm0
+    r['shmem_peak'] = shm_peak - shm0
+    # QEMU's own total time (not quantised by our polling) when completed.
+    r['seconds'] = (info['total-time'] / 1000
+                    if 'cancelled' not in r and 'total-time' in info
+                    else r['wall'])
+    r['ram'] = {k: v for k, v in info.get('ram', {}).items()
+                if isinstance(v, int)}
+    return r
+
+
+def mig_prepare(vm, how):
+    """Plug memory through the qtest driver for the 'plug'/'unplug' cases."""
+    if how not in ('plug', 'unplug'):
+        return
+    dev = vq.VirtioMem(vm.qt).init()
+    size = MIG_PLUG if how == 'plug' else MIG_UNPLUG
+    vm.qmp('qom-set', path=DEV, property='requested-size', value=size)
+    dev.plug(0, size)
+    if how == 'unplug':
+        dev.unplug(0, size)
+        vm.qmp('qom-set', path=DEV, property='requested-size', value=0)
+        size = 0
+    if dev.plugged_size() != size:
+        raise RuntimeError(f'plugged size {dev.plugged_size()} != {size}')
+
+
+def case_name(case, size):
+    return (f'idle {lib.fmt_size(size)}' if case.startswith('idle-') and size
+            else 'no device' if case == 'idle-0' else case)
+
+
+def fmt_mig(r):
+    if 'error' in r:
+        return ('skipped: ' if r.get('skipped') else 'FAILED: ') + r['error']
+    return (f'{lib.fmt_bytes(r["bytes"])} in {lib.fmt_secs(r["seconds"])}'
+            + (' (CANCELLED)' if 'cancelled' in r else '') +
+            f', RSS {lib.fmt_bytes(r["rss"])} peak '
+            f'{lib.fmt_bytes(r["peak_rss"])}, Shmem '
+            f'{lib.fmt_bytes(r["shmem"], True)}')
+
+
+def bench_migration(cfgs, cases, runs, res, timeout):
+    """Paused TCG VM (-accel tcg -S, the same -cpu for every binary), one
+    virtio-mem device, `migrate` to a byte-counting unix socket."""
+    out = res.setdefault('migration', {})
+    res.setdefault('meta', {})['migration_timeout'] = timeout
+    for cfg in cfgs:
+        for case, size, how in cases:
+            for run in range(runs):
+                slot = out.setdefault(cfg.key, {}).setdefault(case, [])
+                why = rss_guard(size, size if how == 'memfd' else 0)
+                if why:
+                    slot.append({'error': why, 'skipped': True})
+                    log(f'  migration run {run + 1} {cfg.key:7} '
+                        f'{case_name(case, size)}: skipped: {why}')
+                    continue
+                args = lib.machine_args(
+                    cfg, 'tcg-paused', ram_gib=MIG_RAM_GIB, dev_size=size,
+                    backend=('memory-backend-memfd' if how == 'memfd'
+                             else 'memory-backend-ram'))
+                try:
+                    lib.wait_binary(cfg.binary)
+                    with VM(cfg.binary, args,
+                            qtest=how in ('plug', 'unplug')) as vm:
+                        mig_prepare(vm, how)
+                        r = migrate_measure(vm, timeout)
+                        r['start'] = vm.start_seconds
+                except (VMStartError, OSError, RuntimeError,
+                        vq.QtestError) as exc:
+                    r = {'error': err_text(exc)}
+                slot.append(r)
+                log(f'  migration run {run + 1} {cfg.key:7} '
+                    f'{case_name(case, size)}: {fmt_mig(r)}')
+
+
+# -- 6. idle QEMU cost ---------------------------------------------------------------------
+
+def bench_idle_cost(cfgs, sizes, runs, res, per_page, accel):
+    """QEMU's own VmRSS and exec -> QMP ready of a paused VM with an idle
+    device, and of the same VM without it."""
+    out = res.setdefault('idle_cost', {})
+    res.setdefault('meta', {})['idle_cost_accel'] = accel
+    for cfg in cfgs:
+        for size in [0] + sizes:
+            for run in range(runs):
+                slot = out.setdefault(cfg.key, {}).setdefault(str(size), [])
+                why = rss_guard(size) or (guard(cfg, size, per_page)
+                                          if accel == 'kvm' else None)
+                name = lib.fmt_size(size) if size else 'no device'
+                if why:
+                    slot.append({'error': why, 'skipped': True})
+                    log(f'  idle-cost run {run + 1} {cfg.key:7} {name:>9}: '
+                        'skipped')
+                    continue
+                try:
+                    lib.wait_binary(cfg.binary)
+                    with VM(cfg.binary, lib.machine_args(
+                            cfg, accel, dev_size=size)) as vm:
+                        r = {'start': vm.start_seconds,
+                             'rss': lib.settle_rss(vm.pid)}
+                except (VMStartError, OSError, RuntimeError) as exc:
+                    r = {'error': err_text(exc)}
+                slot.append(r)
+                log(f'  idle-cost run {run + 1} {cfg.key:7} {name:>9}: ' +
+                    (f'VmRSS {lib.fmt_bytes(r["rss"])} start '
+                     f'{lib.fmt_secs(r["start"])}'
+                     if 'error' not in r else 'FAILED: ' + r['error']))
+
+
+# -- 7. memslot-size (plugged row) ---------------------------------------------------------
+
+MEMSLOT_SIZE = 1 * GiB
+
+
+def bench_memslot(cfg, runs, reps, res):
+    """1 GiB plugged into a 1 TiB device on a paused KVM VM, with
+    memslot-size=1G and with the automatic size (patched on only): host
+    kernel memory, then the 1 GiB plug/unplug request (maps/unmaps one
+    memslot) timed `reps` times."""
+    out = res.setdefault('memslot', {'size': MEMSLOT_SIZE, 'runs': {}})
+    lib.wait_binary(cfg.binary)
+    if 'memslot-size' not in lib.device_help(cfg.binary):
+        out['error'] = ('not supported by this binary (`-device '
+                        'virtio-mem-pci,help` lists no memslot-size)')
+        log(f'  memslot-size: {out["error"]}')
+        return
+
+    def plug_steps(vm, sample, r):
+        dev = vq.VirtioMem(vm.qt).init()
+        vm.qmp('qom-set', path=DEV, property='requested-size', value=GiB)
+        dev.plug(0, GiB)
+        r['plugged'] = sample()
+        nblk = GiB // dev.block_size
+        dev.request(vq.UNPLUG, dev.addr, nblk)
+        r['plug_1g'], r['unplug_1g'] = [], []
+        for _ in range(reps):
+            r['plug_1g'].append(timed(lambda: dev.request(vq.PLUG, dev.addr,
+                                                          nblk)))
+            r['unplug_1g'].append(timed(lambda: dev.request(
+                vq.UNPLUG, dev.addr, nblk)))
+
+    for run in range(runs):
+        for key, props in (('auto', ''),
+                           ('1G', f'memslot-size={MEMSLOT_SIZE // MiB}M')):
+            r = measure_plugged(cfg, plug_steps, props)
+            out['runs'].setdefault(key, []).append(r)
+            log(f'  memslot-size run {run + 1} {key:4}: ' + (
+                f'1 GiB plugged {lib.fmt_bytes(r["plugged"], True)}, plug '
+                f'{lib.fmt_secs(statistics.median(r["plug_1g"]))} unplug '
+                f'{lib.fmt_secs(statistics.median(r["unplug_1g"]))}'
+                if 'error' not in r else 'FAILED: ' + r['error']))
+
+
 # -- quick (CI) check ---------------------------------------------------------------------
 
 def quick(args):
@@ -444,6 +686,7 @@ def meta(cfgs, runs):
         'kvm_modules': kvm, 'runs': runs,
         'configs': [{'key': c.key, 'label': c.label, 'binary': c.binary,
                      'version': lib.binary_version(c.binary),
+                     'built': lib.binary_mtime(c.binary),
                      'dynamic': c.dynamic} for c in cfgs],
     }
 
@@ -456,8 +699,15 @@ def main():
                     help='quick: bound of on/off 1 TiB VmallocUsed')
     ap.add_argument('--runs', type=int, default=0,
                     help='runs per measurement (default 5; quick 3)')
-    ap.add_argument('--only', default='idle,plugged,requests,guest',
-                    help='comma-separated items to run')
+    ap.add_argument('--only', default=','.join(SECTIONS),
+                    help='comma-separated items to run (default: '
+                    f'{",".join(SECTIONS)})')
+    ap.add_argument('--migration-timeout', type=float, default=300,
+                    help='migration: cancel one after this many seconds '
+                    '(recorded as cancelled, with what it sent by then)')
+    ap.add_argument('--sizes', default='',
+                    help='idle device sizes in GiB for idle, migration and '
+                    'idle-cost (default 64,256,1024,4096,16384)')
     ap.add_argument('--configs', default='',
                     help='comma-separated config keys (default all)')
     ap.add_argument('--out', default=os.path.join(HERE, 'results'),
@@ -476,6 +726,11 @@ def main():
 
     runs = args.runs or 5
     only = set(args.only.split(','))
+    if only - set(SECTIONS):
+        ap.error(f'unknown --only items {",".join(sorted(only - set(SECTIONS)))}'
+                 f' (known: {",".join(SECTIONS)})')
+    sizes = ([int(x) * GiB for x in args.sizes.split(',')] if args.sizes
+             else IDLE_SIZES)
     t0 = time.monotonic()
     cfgs = lib.configs()
     if args.configs:
@@ -501,21 +756,26 @@ def main():
         res['times'][name] = time.monotonic() - t
 
     # Boot RAM first: its per-page figure guards the huge off devices.
-    if only & {'idle', 'plugged'}:
+    if only & {'idle', 'plugged', 'memslot-size'}:
         only.add('limit')
     section('limit', lambda: bench_limit(PLUG_SIZES, runs, res)
             if kvm_ok else None)
     per_page = limit_per_page(res) or META_PER_PAGE_DEFAULT
     res['meta']['meta_per_page'] = per_page
-    section('idle', lambda: bench_idle(cfgs, IDLE_SIZES, runs, res, per_page)
+    section('idle', lambda: bench_idle(cfgs, sizes, runs, res, per_page)
             if kvm_ok else None)
-    if 'plugged' in only and 'idle' not in only:
+    if only & {'plugged', 'memslot-size'} and 'idle' not in only:
         # Plugged cost is over the no-device VMs of item 1.
         only.add('baseline')
         section('baseline', lambda: bench_idle(cfgs, [], runs, res, per_page)
                 if kvm_ok else None)
     section('plugged', lambda: bench_plugged(cfgs, PLUG_SIZES, runs, res)
             if kvm_ok else None)
+    on = [c for c in cfgs if c.key == 'on']
+    section('memslot-size', lambda: bench_memslot(on[0], runs, 2 * runs + 1,
+                                                  res)
+            if kvm_ok and on else res.setdefault('memslot', {
+                'error': f'not run: {why or "no patched on configuration"}'}))
     # Requests are cheap and noisy: more repetitions than runs elsewhere.
     section('requests', lambda: bench_requests(
         cfgs, ['qtest', 'tcg-paused'] + (['kvm'] if kvm_ok else []),
@@ -523,7 +783,28 @@ def main():
     section('guest', lambda: bench_guest(
         [c for c in cfgs if c.key in ('stock', 'off', 'on')], GUEST_SIZES,
         runs, res))
+    section('migration', lambda: bench_migration(
+        cfgs, mig_cases(sizes), runs, res, args.migration_timeout))
+    if 'idle-cost' in only and 'migration' not in only and \
+            max(sizes) >= 4 * TiB:
+        # Its migration rows: the no-device VM and idle 4 / 16 TiB devices.
+        only.add('idle-cost-migration')
+        section('idle-cost-migration', lambda: bench_migration(
+            cfgs, mig_cases([s for s in sizes if s >= 4 * TiB], False),
+            runs, res, args.migration_timeout))
+    # Without KVM: a paused TCG VM (the report says so).
+    section('idle-cost', lambda: bench_idle_cost(
+        cfgs, sizes, runs, res, per_page, 'kvm' if kvm_ok else 'tcg-paused'))
     res['meta']['seconds'] = time.monotonic() - t0
+    # build/bin/qemu-system-x86_64 may be replaced while we run: say so.
+    for c in res['meta']['configs']:
+        now = lib.binary_mtime(c['binary'])
+        if now != c['built']:
+            res['meta'].setdefault('replaced', []).append(
+                f'{c["label"]}: {os.path.relpath(c["binary"], lib.ROOT)} was '
+                f'replaced during the run (modified {c["built"]} at the '
+                f'start, {now} at the end): its figures may come from '
+                'either build')
 
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, f'{res["meta"]["date"]}-{res["meta"]["host"]}')
