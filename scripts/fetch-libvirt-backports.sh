@@ -3,7 +3,8 @@
 # virsh) into a private prefix, build/peers/libvirt-bpo/, for the backports
 # leg of tests/libvirt/.  The machine's packages are not touched: the .debs are
 # fetched with the private apt configuration (scripts/private-apt.sh, state in
-# build/apt) into build/peers/debs/ and unpacked with dpkg-deb -x.
+# build/apt) into build/peers/debs/ and unpacked with dpkg-deb -x
+# (scripts/unpack-debs.sh).
 #
 # libvirt 11.3 from bookworm-backports needs no newer system library than
 # bookworm's own (the few it needs beyond libvirt 9.0's are in
@@ -35,7 +36,6 @@ if [ -x "$prefix/usr/sbin/libvirtd" ] && [ -x "$prefix/usr/bin/virsh" ] &&
     exit 0
 fi
 
-mkdir -p "$debs"
 if ! "$apt" apt-cache madison libvirt-daemon 2>/dev/null | grep -qF "| $version |"; then
     echo "fetch-libvirt-backports: updating the private apt lists (build/apt)"
     "$apt" update >/dev/null
@@ -56,20 +56,8 @@ if ! "$apt" apt-cache madison libvirt-daemon | grep -qF "| $version |"; then
     fi
 fi
 
-want=
-for p in $pkgs; do want="$want $p=$version"; done
-echo "fetch-libvirt-backports: downloading$want"
-# shellcheck disable=SC2086
-(cd "$debs" && "$apt" apt-get -q download $want)
-
-rm -rf "$prefix.tmp"
-mkdir -p "$prefix.tmp"
-fver=$(echo "$version" | sed 's/:/%3a/')   # apt-get download's file names
-for p in $pkgs; do
-    f=$(ls "$debs"/"${p}_${fver}"_*.deb 2>/dev/null | head -n1)
-    [ -n "$f" ] || { echo "fetch-libvirt-backports: no .deb for $p $version in $debs" >&2; exit 1; }
-    dpkg-deb -x "$f" "$prefix.tmp"
-done
+"$top/scripts/unpack-debs.sh" fetch-libvirt-backports "$debs" "$prefix.tmp" \
+    "$version" "$pkgs"
 # Hide bookworm's libvirt 9.0 modules and data beneath the prefix in the
 # overlay (libvirtd loads every driver module it finds; 9.0's would not link
 # against 11.x's libvirt.so.0).

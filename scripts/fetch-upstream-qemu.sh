@@ -4,7 +4,7 @@
 # build/peers/upstream-10.0/, for the benchmarks (bench/). System packages are
 # not touched: the .debs are fetched with the private apt configuration
 # (scripts/private-apt.sh, state in build/apt) into build/peers/debs/ and
-# unpacked with dpkg-deb -x.
+# unpacked with dpkg-deb -x (scripts/unpack-debs.sh).
 #
 # The binary needs a few bookworm libraries that a build host usually lacks
 # (libaio1, libcapstone4, liburing2, ...): they are unpacked into the same
@@ -40,7 +40,6 @@ if [ -x "$wrapper" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$version" ] &&
     exit 0
 fi
 
-mkdir -p "$debs"
 if ! "$apt" apt-cache madison qemu-system-x86 2>/dev/null | grep -qF "| $version |"; then
     echo "fetch-upstream-qemu: updating the private apt lists (build/apt)"
     "$apt" update >/dev/null
@@ -51,27 +50,8 @@ if ! "$apt" apt-cache madison qemu-system-x86 | grep -qF "| $version |"; then
     exit 1
 fi
 
-want=
-for p in $qemu_pkgs; do want="$want $p=$version"; done
-want="$want $fw_pkgs $lib_pkgs"
-echo "fetch-upstream-qemu: downloading$want"
-# shellcheck disable=SC2086
-(cd "$debs" && "$apt" apt-get -q download $want)
-
-rm -rf "$prefix.tmp"
-mkdir -p "$prefix.tmp"
-fver=$(echo "$version" | sed 's/:/%3a/')   # apt-get download's file names
-for p in $qemu_pkgs; do
-    f=$(ls "$debs"/"${p}_${fver}"_*.deb 2>/dev/null | head -n1)
-    [ -n "$f" ] || { echo "fetch-upstream-qemu: no .deb for $p $version in $debs" >&2; exit 1; }
-    dpkg-deb -x "$f" "$prefix.tmp"
-done
-for p in seabios $lib_pkgs; do
-    # The newest downloaded .deb of each (old ones may linger in $debs).
-    f=$(ls -v "$debs"/"${p}"_*.deb 2>/dev/null | tail -n1)
-    [ -n "$f" ] || { echo "fetch-upstream-qemu: no .deb for $p in $debs" >&2; exit 1; }
-    dpkg-deb -x "$f" "$prefix.tmp"
-done
+"$top/scripts/unpack-debs.sh" fetch-upstream-qemu "$debs" "$prefix.tmp" \
+    "$version" "$qemu_pkgs" "$fw_pkgs $lib_pkgs"
 
 cat > "$prefix.tmp/qemu-system-x86_64" <<'EOF'
 #!/bin/sh

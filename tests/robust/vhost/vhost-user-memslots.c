@@ -368,15 +368,86 @@ static void object_add_ram(QTestState *qts, const char *id, uint64_t size)
     "dynamic-memslots=on,unplugged-inaccessible=on,requested-size=" size \
     extra
 
+/*
+ * Start a backend with @slots memslots and a q35 VM with a vhost-user-blk-pci
+ * device on it (05.0) and a 4 GiB virtio-mem-pci device with dynamic
+ * memslots (04.0, requested-size 4 GiB); the device must have decided
+ * on @memslots memslots (e.g. "4").
+ */
+static VM *vm_start_with_backend(unsigned slots, const char *memslots,
+                                 Backend **b)
+{
+    g_autofree char *decided = NULL;
+    VM *vm;
+
+    *b = backend_start(slots);
+    vm = vm_start("q35", "-m 1G,maxmem=5G "
+                  "-chardev socket,id=c0,path=%s "
+                  "-device vhost-user-blk-pci,id=vub0,chardev=c0,"
+                  "addr=05.0,num-queues=1 "
+                  VMEM_ARGS("0", "4G", ""), (*b)->sock);
+    decided = decided_memslots(vm);
+    g_assert_cmpstr(decided, ==, memslots);
+    return vm;
+}
+
+static void vm_quit_with_backend(VM *vm, Backend *b)
+{
+    vm_quit(vm);
+    backend_stop(b);
+}
+
+/*
+ * The regions the backend holds once its log settled; @dev: those in device
+ * memory (at or above @from) as a string (see device_regions())
+ */
+static GPtrArray *settled_regions(Backend *b, uint64_t from, unsigned *adds,
+                                  unsigned *removes, char **dev)
+{
+    GPtrArray *regions;
+
+    backend_settle(b);
+    regions = backend_regions(b, adds, removes);
+    *dev = device_regions(regions, from);
+    return regions;
+}
+
+/* Stop the devices a test drove and the VM and backend it started */
+static void test_finish(VM *vm, Backend *b, QVirtioMem *vmem,
+                        QVirtioPCIDevice *vub, QVirtQueue *vq)
+{
+    qvirtio_mem_free(vmem);
+    qvirtqueue_cleanup(vub->vdev.bus, vq, &vm->alloc);
+    qos_object_destroy(&vub->obj);
+    vm_quit_with_backend(vm, b);
+}
+
+/*
+ * Hot-plug a vhost-user-blk-pci device on @b (@where: its 'bus' or 'addr',
+ * as JSON), which must be refused; returns QEMU's stderr. vhost-user-blk
+ * retries a failed connection, so QMP reports the error of the last try
+ * (the backend is gone by then); the refusal itself is reported on stderr.
+ */
+static char *vub_hotplug_refused(VM *vm, Backend *b, const char *where)
+{
+    g_autofree char *extra = g_strdup_printf("\"chardev\": \"c0\", %s, "
+                                             "'num-queues': 1", where);
+    g_autofree char *err = NULL;
+    char *text = NULL;
+
+    chardev_add(vm->qts, "c0", b->sock);
+    err = device_add(vm->qts, "vhost-user-blk-pci", "vub0", extra);
+    g_test_message("device_add: %s", err);
+    g_assert_nonnull(err);
+    g_assert_true(g_file_get_contents(vm->stderr_log, &text, NULL, NULL));
+    return text;
+}
+
 static void test_backend_first(void)
 {
-    Backend *b = backend_start(32);
-    VM *vm = vm_start("q35", "-m 1G,maxmem=5G "
-                      "-chardev socket,id=c0,path=%s "
-                      "-device vhost-user-blk-pci,id=vub0,chardev=c0,"
-                      "addr=05.0,num-queues=1 "
-                      VMEM_ARGS("0", "4G", ""), b->sock);
-    g_autofree char *decided = decided_memslots(vm);
+    Backend *b;
+    /* 32 < 509: the device keeps a single memslot */
+    VM *vm = vm_start_with_backend(32, "1", &b);
     g_autofree char *regs = NULL;
     g_autoptr(GPtrArray) regions = NULL;
     QVirtioMem *vmem;
@@ -385,27 +456,18 @@ static void test_backend_first(void)
     QVirtQueue *vq;
     unsigned adds, removes;
 
-    /* 32 < 509: the device keeps a single memslot */
-    g_assert_cmpstr(decided, ==, "1");
-
     vub = vub_driver_start(vm, QPCI_DEVFN(5, 0), &vq);
     vmem = qvirtio_mem_pci_init(vm->qts, vm->bus, &vm->alloc,
                                 QPCI_DEVFN(4, 0));
     qvirtio_mem_get_config(vmem, &c);
     plug(vmem, c.addr + 2 * GiB, 1);
-    backend_settle(b);
-    regions = backend_regions(b, &adds, &removes);
-    regs = device_regions(regions, c.addr);
+    regions = settled_regions(b, c.addr, &adds, &removes, &regs);
     /* the one memslot covers the whole device */
     g_assert_true(has_region(regions, c.addr, 4 * GiB));
     g_assert_cmpuint(strchr(regs, ',') == NULL, ==, true);
     g_test_message("backend regions in device memory: %s", regs);
 
-    qvirtio_mem_free(vmem);
-    qvirtqueue_cleanup(vub->vdev.bus, vq, &vm->alloc);
-    qos_object_destroy(&vub->obj);
-    vm_quit(vm);
-    backend_stop(b);
+    test_finish(vm, b, vmem, vub, vq);
 }
 
 static void test_backend_after_cold(void)
@@ -438,29 +500,14 @@ static void test_backend_after_hotplug(void)
                       "-device pcie-root-port,id=rp1,chassis=1 "
                       VMEM_ARGS("0", "4G", ""));
     g_autofree char *decided = decided_memslots(vm);
-    g_autofree char *err = NULL;
+    g_autofree char *text = NULL;
     QVirtioMem *vmem;
     QVirtioMemConfig c;
 
     g_assert_cmpstr(decided, ==, "4");
-    chardev_add(vm->qts, "c0", b->sock);
-    err = device_add(vm->qts, "vhost-user-blk-pci", "vub0",
-                     "\"chardev\": \"c0\", 'bus': \"rp1\", 'num-queues': 1");
-    g_test_message("device_add: %s", err);
-    g_assert_nonnull(err);
-    /*
-     * vhost-user-blk retries a failed connection, so QMP reports the
-     * error of the last try (the backend is gone by then); the refusal
-     * itself is reported on stderr.
-     */
-    {
-        g_autofree char *text = NULL;
-
-        g_assert_true(g_file_get_contents(vm->stderr_log, &text, NULL,
-                                          NULL));
-        g_test_message("QEMU's stderr: %s", text);
-        g_assert_nonnull(strstr(text, ERR_SMALL_BACKEND_AFTER));
-    }
+    text = vub_hotplug_refused(vm, b, "'bus': \"rp1\"");
+    g_test_message("QEMU's stderr: %s", text);
+    g_assert_nonnull(strstr(text, ERR_SMALL_BACKEND_AFTER));
 
     /* the VM is fine: the device still plugs */
     vmem = qvirtio_mem_pci_init(vm->qts, vm->bus, &vm->alloc,
@@ -468,19 +515,14 @@ static void test_backend_after_hotplug(void)
     qvirtio_mem_get_config(vmem, &c);
     plug(vmem, c.addr + 3 * GiB, 1);
     qvirtio_mem_free(vmem);
-    vm_quit(vm);
-    backend_stop(b);
+    vm_quit_with_backend(vm, b);
 }
 
 static void test_capable_backend(void)
 {
-    Backend *b = backend_start(509);
-    VM *vm = vm_start("q35", "-m 1G,maxmem=5G "
-                      "-chardev socket,id=c0,path=%s "
-                      "-device vhost-user-blk-pci,id=vub0,chardev=c0,"
-                      "addr=05.0,num-queues=1 "
-                      VMEM_ARGS("0", "4G", ""), b->sock);
-    g_autofree char *decided = decided_memslots(vm);
+    Backend *b;
+    /* 509 memslots: the device gets four memslots of 1 GiB */
+    VM *vm = vm_start_with_backend(509, "4", &b);
     g_autoptr(GPtrArray) r0 = NULL, r1 = NULL, r2 = NULL, r3 = NULL;
     g_autofree char *s0 = NULL, *s1 = NULL, *s2 = NULL, *s3 = NULL;
     unsigned a0, d0, a1, d1, a2, d2, a3, d3;
@@ -489,27 +531,20 @@ static void test_capable_backend(void)
     QVirtioPCIDevice *vub;
     QVirtQueue *vq;
 
-    /* 509 memslots: the device gets four memslots of 1 GiB */
-    g_assert_cmpstr(decided, ==, "4");
-
     vmem = qvirtio_mem_pci_init(vm->qts, vm->bus, &vm->alloc,
                                 QPCI_DEVFN(4, 0));
     qvirtio_mem_get_config(vmem, &c);
     /* memslot 1 mapped before the backend starts */
     plug(vmem, c.addr + GiB, 1);
     vub = vub_driver_start(vm, QPCI_DEVFN(5, 0), &vq);
-    backend_settle(b);
-    r0 = backend_regions(b, &a0, &d0);
-    s0 = device_regions(r0, c.addr);
+    r0 = settled_regions(b, c.addr, &a0, &d0, &s0);
     g_test_message("started: %s (%u added, %u removed)", s0, a0, d0);
     g_assert_true(has_region(r0, c.addr + GiB, GiB));
     g_assert_cmpuint(strchr(s0, ',') == NULL, ==, true);
 
     /* map the neighbour memslot 2: one region more, nothing removed */
     plug(vmem, c.addr + 2 * GiB, 1);
-    backend_settle(b);
-    r1 = backend_regions(b, &a1, &d1);
-    s1 = device_regions(r1, c.addr);
+    r1 = settled_regions(b, c.addr, &a1, &d1, &s1);
     g_test_message("memslot 2 mapped: %s (%u added, %u removed)", s1, a1, d1);
     g_assert_true(has_region(r1, c.addr + GiB, GiB));
     g_assert_true(has_region(r1, c.addr + 2 * GiB, GiB));
@@ -520,9 +555,7 @@ static void test_capable_backend(void)
     /* memslot 3 too, then unmap memslot 2 between mapped neighbours */
     plug(vmem, c.addr + 3 * GiB, 1);
     unplug(vmem, c.addr + 2 * GiB, 1);
-    backend_settle(b);
-    r2 = backend_regions(b, &a2, &d2);
-    s2 = device_regions(r2, c.addr);
+    r2 = settled_regions(b, c.addr, &a2, &d2, &s2);
     g_test_message("memslot 3 mapped, 2 unmapped: %s (%u added, %u removed)",
                    s2, a2, d2);
     g_assert_cmpuint(a2, ==, a1 + 1);
@@ -533,18 +566,12 @@ static void test_capable_backend(void)
 
     /* unplug-all: every alias leaves the backend */
     g_assert_cmpuint(qvirtio_mem_unplug_all(vmem), ==, VIRTIO_MEM_RESP_ACK);
-    backend_settle(b);
-    r3 = backend_regions(b, &a3, &d3);
-    s3 = device_regions(r3, c.addr);
+    r3 = settled_regions(b, c.addr, &a3, &d3, &s3);
     g_test_message("unplug-all: '%s' (%u added, %u removed)", s3, a3, d3);
     g_assert_cmpstr(s3, ==, "");
     g_assert_cmpuint(d3, ==, d2 + 2);
 
-    qvirtio_mem_free(vmem);
-    qvirtqueue_cleanup(vub->vdev.bus, vq, &vm->alloc);
-    qos_object_destroy(&vub->obj);
-    vm_quit(vm);
-    backend_stop(b);
+    test_finish(vm, b, vmem, vub, vq);
 }
 
 /*
@@ -653,7 +680,7 @@ static void test_plug_after_memory(void)
 {
     Backend *b = backend_start(32);
     VM *vm = vm_start("pc", "-m 1G,slots=64,maxmem=9G");
-    g_autofree char *err = NULL;
+    g_autofree char *text = NULL;
     unsigned i, next = 0;
 
     /* 34 fd-backed DIMMs: more than the 32 memslots of the backend */
@@ -668,18 +695,11 @@ static void test_plug_after_memory(void)
         e = device_add(vm->qts, "pc-dimm", did, extra);
         g_assert_null(e);
     }
-    chardev_add(vm->qts, "c0", b->sock);
-    err = device_add(vm->qts, "vhost-user-blk-pci", "vub0",
-                     "\"chardev\": \"c0\", 'addr': \"05.0\", 'num-queues': 1");
-    g_test_message("device_add: %s", err);
-    g_assert_nonnull(err);
+    text = vub_hotplug_refused(vm, b, "'addr': \"05.0\"");
     {
-        g_autofree char *text = NULL;
         unsigned used, reserved;
         const char *p;
 
-        g_assert_true(g_file_get_contents(vm->stderr_log, &text, NULL,
-                                          NULL));
         p = strstr(text, "vhost backend memory slots limit (32) is less than"
                    " current number of used (");
         g_assert_nonnull(p);
@@ -693,8 +713,7 @@ static void test_plug_after_memory(void)
         g_assert_cmpuint(used, <=, 40);
         g_assert_cmpuint(reserved, ==, 0);
     }
-    vm_quit(vm);
-    backend_stop(b);
+    vm_quit_with_backend(vm, b);
 }
 
 /*
@@ -727,29 +746,21 @@ static void test_failed_hotplug(void)
                       "'chardev': 'c0', 'bus': 'rp2', 'num-queues': 1");
     g_test_message("vhost-user-blk-pci hot-plug: %s", err2 ? err2 : "ok");
     g_assert_null(err2);
-    vm_quit(vm);
-    backend_stop(b);
+    vm_quit_with_backend(vm, b);
 }
 
 /* vhost-user is capped at 512 memslots, whatever the backend offers */
 static void test_cap_512(void)
 {
-    Backend *b = backend_start(1024);
-    VM *vm = vm_start("q35", "-m 1G,maxmem=5G "
-                      "-chardev socket,id=c0,path=%s "
-                      "-device vhost-user-blk-pci,id=vub0,chardev=c0,"
-                      "addr=05.0,num-queues=1 "
-                      VMEM_ARGS("0", "4G", ""), b->sock);
+    Backend *b;
+    VM *vm = vm_start_with_backend(1024, "4", &b);
     g_autofree char *text = NULL;
-    g_autofree char *decided = decided_memslots(vm);
 
     g_assert_true(g_file_get_contents(vm->trace, &text, NULL, NULL));
     g_test_message("%s", text);
     g_assert_nonnull(strstr(text, "memory_device_memslot_limit id=vm0 "
                             "max=512 "));
-    g_assert_cmpstr(decided, ==, "4");
-    vm_quit(vm);
-    backend_stop(b);
+    vm_quit_with_backend(vm, b);
 }
 
 int main(int argc, char **argv)
