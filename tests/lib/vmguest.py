@@ -12,6 +12,7 @@ The guest's console (ttyS0) goes to a log file; ttyS1 is a unix socket chardev
 carrying the command channel: we send one shell command line, the guest runs
 it with "sh -c" and answers with its output, "\\n@@END <rc>@@\\n".  The guest
 prints "@@READY@@" on ttyS1 whenever its /init is ready (after every boot).
+The client is tests/lib/guestchan.py (GuestChannel), shared with tests/libvirt.
 
 QEMU is launched with QEMU's own python package (qemu.machine.QEMUMachine from
 build/qemu/python).  QMP arguments are passed through verbatim (no '_' -> '-'
@@ -31,12 +32,25 @@ Migration (all optional, added for tests/e2e):
 
 `mtree_regions()` / `mapped_memslots()` parse `info mtree`; `rss_bytes()`
 reads the QEMU process's VmRSS; `pid` is the QEMU process id.
+
+Timeouts on a loaded host: the guest runs under TCG on a host that other jobs
+share, so a guest command can take several times longer than on a quiet
+machine.  The timeouts of guest commands and of the ready marker therefore
+count guest run time: wall-clock time minus the time QEMU's vCPU thread sat
+on the host's run queue waiting for a CPU (vm.deadline(timeout), see
+RunDeadline); a wall-clock cap of LOAD_STRETCH x the timeout still ends the
+wait on a host so loaded that the guest hardly runs.
+
+`host_cpu_vendor()` is the host CPU's vendor string: under KVM `-cpu qemu64`
+takes the host's vendor, under TCG the model's (AMD), and the guest physical
+layout depends on it (pc machines move device memory above 1 TiB for AMD
+vCPUs when it would reach the AMD HyperTransport hole), so a migration stream
+made under TCG loads into KVM only when both sides name the same vendor.
 """
 
 import json
 import os
 import re
-import select
 import shlex
 import shutil
 import socket
@@ -49,10 +63,28 @@ sys.path.insert(0, os.path.join(ROOT, 'build', 'qemu', 'python'))
 
 from qemu.machine import QEMUMachine  # noqa: E402  pylint: disable=C0413
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from guestchan import GuestChannel  # noqa: E402  pylint: disable=C0413
+
 GUEST_DIR = os.path.join(ROOT, 'build', 'guest')
 DEFAULT_APPEND = 'console=ttyS0 memhp_default_state=online_movable quiet'
-READY = b'@@READY@@\n'
-END_RE = re.compile(rb'\n@@END (-?\d+)@@\n')
+# A wait whose timeout counts guest run time ends after at most this many
+# times the timeout of wall-clock time, however loaded the host is.
+LOAD_STRETCH = 10
+
+
+def host_cpu_vendor():
+    """The host CPU's vendor (vendor_id in /proc/cpuinfo: GenuineIntel,
+    AuthenticAMD, ...), or None if it cannot be read."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                key, _, value = line.partition(':')
+                if key.strip() == 'vendor_id' and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return None
 
 
 def merge_ranges(ranges):
@@ -92,6 +124,57 @@ class VMError(Exception):
         return self.message + ('\n' + self.context if self.context else '')
 
 
+class RunDeadline:
+    """A timeout that counts the guest's run time, not wall-clock time.
+
+    On a host shared with other jobs, QEMU's vCPU thread is often runnable
+    but waiting for a host CPU (the second field of
+    /proc/PID/task/TID/schedstat).  Those seconds do not count: `timeout`
+    then means as much guest progress on a loaded host as on a quiet one.
+    A wall-clock cap of `stretch` x timeout still ends the wait.  While the
+    guest idles its vCPU sleeps (no run-queue wait), so waiting for
+    something that never comes still fails after about `timeout`.
+    Without schedstat, wall-clock time counts in full.
+    """
+
+    def __init__(self, vm, timeout, stretch=LOAD_STRETCH, what=None):
+        self.vm = vm
+        self.timeout = timeout
+        self.what = what or 'the guest'
+        self.start = time.monotonic()
+        self.cap = timeout * stretch
+        self.wait0 = vm.vcpu_wait_seconds() if vm is not None else 0.0
+
+    def waited(self):
+        """Seconds the vCPU waited for a host CPU since the start."""
+        if self.vm is None:
+            return 0.0
+        return max(0.0, self.vm.vcpu_wait_seconds() - self.wait0)
+
+    def wall(self):
+        return time.monotonic() - self.start
+
+    def elapsed(self):
+        """Guest run time since the start (wall time less the waits)."""
+        return self.wall() - self.waited()
+
+    def left(self):
+        """Seconds left (<= 0: expired); also bounds the wall-clock cap."""
+        wall = self.wall()
+        return min(self.timeout - (wall - self.waited()), self.cap - wall)
+
+    def expired(self):
+        return self.left() <= 0
+
+    def __str__(self):
+        wall, waited = self.wall(), self.waited()
+        text = f'{self.timeout:g}s'
+        if waited >= 1:
+            text += (f' of guest run time: {wall:.0f}s wall, of which the '
+                     f'vCPU waited {waited:.0f}s for a host CPU')
+        return text
+
+
 class GuestVM:
     """One QEMU running the test guest.  Use as a context manager."""
 
@@ -115,8 +198,10 @@ class GuestVM:
         self.chan_path = os.path.join(self.workdir, 'cmd.sock')
         self.qmp_log = []          # (direction, text) in order
         self.boot_seconds = None   # launch -> first ready marker
-        self._chan = None
-        self._buf = b''
+        self._chan = None          # GuestChannel once launched
+        self._chan_deadline = None  # RunDeadline of the channel wait
+        self._vcpu_tids = []
+        self._vcpu_wait = 0.0      # last vcpu_wait_seconds() read
         self._vm = None
         self._popen = None
 
@@ -125,7 +210,9 @@ class GuestVM:
             mem += f',maxmem={maxmem}'
         if slots is not None:
             mem += f',slots={slots}'
+        # debug-threads: named threads ("CPU 0/TCG"), see vcpu_wait_seconds
         self.args = [
+            '-name', name.replace(',', '_') + ',debug-threads=on',
             '-accel', accel, '-machine', machine, '-nodefaults',
             '-smp', str(smp), '-m', mem,
             '-kernel', self.kernel, '-initrd', self.initrd, '-append', append,
@@ -177,9 +264,11 @@ class GuestVM:
         # QEMUMachine's timeout only covers the QMP handshake; bound every
         # command too so that a wedged QEMU fails a test instead of hanging it.
         self._vm._qmp.settimeout(self.qmp_timeout)
-        self._chan = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._chan = GuestChannel(
+            socket.socket(socket.AF_UNIX, socket.SOCK_STREAM),
+            self._chan_alive, self.error)
         try:
-            self._chan.connect(self.chan_path)
+            self._chan.sock.connect(self.chan_path)
         except OSError as exc:
             raise self.error(f'cannot connect to {self.chan_path}: '
                               f'{exc}') from exc
@@ -216,6 +305,36 @@ class GuestVM:
     def pid(self):
         """QEMU's process id (None before launch)."""
         return self._popen.pid if self._popen is not None else None
+
+    def vcpu_wait_seconds(self):
+        """Total seconds QEMU's vCPU threads (the least delayed one if
+        several) spent runnable but waiting for a host CPU (schedstat);
+        0.0 if that cannot be read.  Only grows."""
+        if self.pid is None:
+            return self._vcpu_wait
+        task = f'/proc/{self.pid}/task'
+        if not self._vcpu_tids:
+            try:
+                for tid in os.listdir(task):
+                    with open(f'{task}/{tid}/comm') as f:
+                        if f.read().startswith('CPU '):
+                            self._vcpu_tids.append(tid)
+            except OSError:
+                return self._vcpu_wait
+        waits = []
+        for tid in self._vcpu_tids:
+            try:
+                with open(f'{task}/{tid}/schedstat') as f:
+                    waits.append(int(f.read().split()[1]) / 1e9)
+            except (OSError, IndexError, ValueError):
+                pass
+        if waits:
+            self._vcpu_wait = max(self._vcpu_wait, min(waits))
+        return self._vcpu_wait
+
+    def deadline(self, timeout, stretch=LOAD_STRETCH):
+        """A RunDeadline of `timeout` seconds of this guest's run time."""
+        return RunDeadline(self, timeout, stretch)
 
     def rss_bytes(self):
         """VmRSS of the QEMU process, in bytes."""
@@ -369,10 +488,13 @@ class GuestVM:
                 for k, v in capabilities.items()])
         self.qmp('migrate', uri=uri)
 
-    def wait_migration(self, timeout=300, poll=0.5):
+    def wait_migration(self, timeout=300, poll=0.5, stall=None):
         """Poll query-migrate until it ends; return the final info dict.
-        Raises VMError unless the status is 'completed'."""
-        deadline = time.monotonic() + timeout
+        Raises VMError unless the status is 'completed'.  timeout: overall
+        limit (wall clock).  stall: also fail when for that many seconds
+        neither the status nor the bytes transferred changed."""
+        start = time.monotonic()
+        last, last_change = None, start
         while True:
             info = self.qmp('query-migrate')
             status = info.get('status')
@@ -381,78 +503,66 @@ class GuestVM:
             if status in ('failed', 'cancelled'):
                 raise self.error(f'migration {status}: '
                                  f'{info.get("error-desc", "")}')
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            progress = (status, info.get('ram', {}).get('transferred'))
+            if progress != last:
+                last, last_change = progress, now
+            if now - start > timeout:
                 raise self.error(f'migration not done after {timeout}s: '
+                                 f'{json.dumps(info)[:1000]}')
+            if stall is not None and now - last_change > stall:
+                raise self.error(f'migration made no progress for {stall}s '
+                                 f'(after {now - start:.0f}s): '
                                  f'{json.dumps(info)[:1000]}')
             time.sleep(poll)
 
     def system_reset(self, wait=True):
         """QMP system_reset, then (by default) wait for the guest again."""
-        self._buf = b''
+        if self._chan is not None:
+            self._chan.clear()
         self.qmp('system_reset')
         if wait:
             self.wait_ready()
 
     # -- command channel ---------------------------------------------------
 
-    def _read_until(self, pattern, timeout, what):
-        """Read the channel until `pattern` (bytes or regex) matches."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if isinstance(pattern, bytes):
-                idx = self._buf.find(pattern)
-                if idx >= 0:
-                    return idx
-            else:
-                m = pattern.search(self._buf)
-                if m:
-                    return m
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise self.error(f'timeout ({timeout}s) waiting for {what}; '
-                                  f'channel received: {self._buf[-500:]!r}')
-            if not self.is_running():
-                raise self.error(f'QEMU died while waiting for {what}')
-            ready, _, _ = select.select([self._chan], [], [], min(left, 0.5))
-            if ready:
-                try:
-                    data = self._chan.recv(65536)
-                except OSError as exc:
-                    raise self.error(f'command channel failed while waiting '
-                                     f'for {what}: {exc}') from exc
-                if not data:
-                    raise self.error(f'command channel closed while '
-                                      f'waiting for {what}')
-                self._buf += data
+    def _chan_alive(self):
+        """The channel's liveness check, called while it waits: QEMU runs
+        and the wait's RunDeadline (if any) has not expired."""
+        dl = self._chan_deadline
+        if dl is not None and dl.expired():
+            got = self._chan.buf[-500:] if self._chan is not None else b''
+            raise self.error(f'timeout ({dl}) waiting for {dl.what}; channel '
+                             f'received: {got!r}')
+        return self.is_running()
+
+    def _chan_wait(self, timeout, what, fn, *args):
+        """Run a channel wait under a RunDeadline of `timeout` (the
+        channel's own wall-clock timeout is the deadline's cap)."""
+        dl = RunDeadline(self, timeout, what=what)
+        self._chan_deadline = dl
+        try:
+            return fn(*args, dl.cap)
+        finally:
+            self._chan_deadline = None
 
     def wait_ready(self, timeout=None):
-        """Wait for the guest's ready marker (after boot or a reset)."""
-        timeout = timeout or self.boot_timeout
-        idx = self._read_until(READY, timeout, 'the guest ready marker')
-        self._buf = self._buf[idx + len(READY):]
+        """Wait for the guest's ready marker (after boot or a reset);
+        `timeout` counts guest run time (RunDeadline)."""
+        self._chan_wait(timeout or self.boot_timeout, 'the guest ready marker',
+                        self._chan.wait_ready)
 
     def run(self, cmd, timeout=60, check=False):
         """Run one shell command line in the guest -> (rc, output).
 
-        With check=True a non-zero exit status raises VMError.  After a
-        timeout the channel is out of step: tear the VM down.
+        `timeout` counts guest run time (RunDeadline).  With check=True a
+        non-zero exit status raises VMError.  After a timeout the channel
+        is out of step: tear the VM down.
         """
-        if '\n' in cmd or '\r' in cmd:
-            raise ValueError('guest commands must be a single line')
         if self._chan is None:
             raise self.error(f'guest command {cmd!r}: VM not launched')
-        try:
-            self._chan.sendall(cmd.encode() + b'\n')
-        except OSError as exc:
-            raise self.error(f'cannot send guest command {cmd!r}: '
-                             f'{exc}') from exc
-        m = self._read_until(END_RE, timeout, f'guest command {cmd!r}')
-        out = self._buf[:m.start()].decode('utf-8', 'replace')
-        rc = int(m.group(1))
-        self._buf = self._buf[m.end():]
-        if check and rc != 0:
-            raise self.error(f'guest command {cmd!r} exited {rc}:\n{out}')
-        return rc, out
+        return self._chan_wait(timeout, f'guest command {cmd!r}',
+                               lambda t: self._chan.run(cmd, t, check))
 
     def meminfo(self, field='MemTotal'):
         """A /proc/meminfo field of the guest, in bytes."""

@@ -62,7 +62,6 @@ import hashlib
 import json
 import os
 import re
-import select
 import shutil
 import signal
 import socket
@@ -75,7 +74,8 @@ import xml.etree.ElementTree as ET
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
 HERE = os.path.join(ROOT, 'tests', 'libvirt')
 sys.path.insert(0, os.path.join(ROOT, 'tests', 'lib'))
-from vmguest import merge_ranges  # noqa: E402  pylint: disable=C0413
+from vmguest import merge_ranges, parse_mtree  # noqa: E402  pylint: disable=C0413
+from guestchan import GuestChannel  # noqa: E402  pylint: disable=C0413
 QEMU = os.path.join(ROOT, 'build', 'bin', 'qemu-system-x86_64')
 KERNEL = os.path.join(ROOT, 'build', 'guest', 'vmlinuz')
 INITRD = os.path.join(ROOT, 'build', 'guest', 'initrd.img')
@@ -335,78 +335,35 @@ class Daemon:
 
 # -- the guest's command channel ----------------------------------------------
 
-READY = b'@@READY@@\n'
-END_RE = re.compile(rb'\n@@END (-?\d+)@@\n')
-
-
-class Channel:
+class Channel(GuestChannel):
     """ttyS1 of the guest through the domain's <serial type='unix'> socket
-    (protocol: scripts/build-guest.sh, tests/lib/vmguest.py)."""
+    (tests/lib/guestchan.py); run() returns the output and checks the exit
+    status by default."""
 
     def __init__(self, path, alive, timeout=60):
-        self.buf = b''
-        self.alive = alive
         deadline = time.monotonic() + timeout
         while True:
-            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
-                self.sock.connect(path)
-                return
+                sock.connect(path)
+                break
             except OSError as exc:
-                self.sock.close()
+                sock.close()
                 if time.monotonic() > deadline:
                     raise Failure(f'cannot connect to {path}: {exc}') from exc
                 time.sleep(0.2)
-
-    def close(self):
-        self.sock.close()
-
-    def _read_until(self, pattern, timeout, what):
-        deadline = time.monotonic() + timeout
-        while True:
-            if isinstance(pattern, bytes):
-                idx = self.buf.find(pattern)
-                if idx >= 0:
-                    return idx
-            else:
-                m = pattern.search(self.buf)
-                if m:
-                    return m
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise Failure(f'timeout ({timeout} s) waiting for {what}; '
-                              f'received {self.buf[-300:]!r}')
-            if not self.alive():
-                raise Failure(f'QEMU died while waiting for {what}')
-            ready, _, _ = select.select([self.sock], [], [], min(left, 0.5))
-            if ready:
-                data = self.sock.recv(65536)
-                if not data:
-                    raise Failure(f'channel closed while waiting for {what}')
-                self.buf += data
+        super().__init__(sock, alive, Failure)
 
     def wait_ready(self, timeout=None):
-        idx = self._read_until(READY, timeout or BOOT_TIMEOUT,
-                               'the guest ready marker')
-        self.buf = self.buf[idx + len(READY):]
+        super().wait_ready(timeout or BOOT_TIMEOUT)
 
-    def run(self, cmd, timeout=120, check_rc=True):
-        self.sock.sendall(cmd.encode() + b'\n')
-        m = self._read_until(END_RE, timeout, f'guest command {cmd!r}')
-        out = self.buf[:m.start()].decode('utf-8', 'replace')
-        rc = int(m.group(1))
-        self.buf = self.buf[m.end():]
-        if check_rc and rc != 0:
-            raise Failure(f'guest command {cmd!r} exited {rc}:\n{out}')
-        return out
+    def run(self, cmd, timeout=120, check_rc=True):  # pylint: disable=W0221
+        return super().run(cmd, timeout, check_rc)[1]
 
 
 # -- what the guest, QEMU and libvirt show ------------------------------------
 
 _IOMEM_RE = re.compile(r'^\s*([0-9a-f]+)-([0-9a-f]+) : (.*)$')
-_MTREE_RE = re.compile(r'^(\s*)([0-9a-f]+)-([0-9a-f]+) \(prio -?\d+, '
-                       r'([^)]+)\): (.*)$')
-_ALIAS_RE = re.compile(r'^alias (\S+) @(\S+) ([0-9a-f]+)-([0-9a-f]+)')
 
 
 def guest_ram_in(chan, base, size):
@@ -460,26 +417,15 @@ def movable_used(chan):
 
 
 def mapped_memslots(mtree, memdev):
-    """memslot-N aliases of `memdev` in `info mtree`'s address-space memory:
-    list of (index, start, end, alias_start, alias_end)."""
-    out, inside = [], False
-    for line in mtree.splitlines():
-        if line.startswith('address-space:') or \
-                line.startswith('memory-region:'):
-            if inside:
-                break
-            inside = line.strip() == 'address-space: memory'
-            continue
-        m = _MTREE_RE.match(line) if inside else None
-        if not m:
-            continue
-        a = _ALIAS_RE.match(m.group(5))
-        if a and a.group(2) == memdev:
-            i = re.fullmatch(r'memslot-(\d+)', a.group(1))
-            if i:
-                out.append((int(i.group(1)), int(m.group(2), 16),
-                            int(m.group(3), 16), int(a.group(3), 16),
-                            int(a.group(4), 16)))
+    """memslot-N aliases of `memdev` in `info mtree`'s address-space memory
+    (parsed by vmguest.parse_mtree): list of (index, start, end,
+    alias_start, alias_end)."""
+    out = []
+    for reg in parse_mtree(mtree, 'memory'):
+        i = re.fullmatch(r'memslot-(\d+)', reg['name'])
+        if i and reg.get('alias') == memdev:
+            out.append((int(i.group(1)), reg['start'], reg['end'],
+                        reg['alias_start'], reg['alias_end']))
     return out
 
 
