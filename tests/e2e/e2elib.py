@@ -18,7 +18,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, '..', '..'))
 sys.path.insert(0, os.path.join(ROOT, 'tests', 'lib'))
 
-from vmguest import GuestVM, VMError, merge_ranges  # noqa: E402,F401  pylint: disable=C0413
+from vmguest import (GuestVM, VMError, merge_ranges,  # noqa: E402,F401  pylint: disable=C0413
+                     host_cpu_vendor)
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -358,25 +359,34 @@ def zoneinfo(vm):
 
 
 def wait_size(vm, vid, want, timeout=120):
-    """Wait until query-memory-devices reports size == want."""
-    start = time.monotonic()
-    while True:
-        info = device_info(vm, vid)
-        if info['size'] == want:
-            return info
-        if time.monotonic() - start > timeout:
-            raise vm.error(f'{vid} size is {fmt(info["size"])} after '
-                           f'{timeout}s, requested {fmt(want)}')
+    """Wait until query-memory-devices reports size == want.  Fails only
+    when the size has not come closer to `want` for `timeout` seconds of
+    guest run time (vm.deadline: a loaded host does not count)."""
+    dl = vm.deadline(timeout)
+    info = device_info(vm, vid)
+    while info['size'] != want:
+        if dl.expired():
+            raise vm.error(f'{vid} size is {fmt(info["size"])}, requested '
+                           f'{fmt(want)}: no progress for {dl}')
         time.sleep(0.2)
+        new = device_info(vm, vid)
+        if abs(new['size'] - want) < abs(info['size'] - want):
+            dl = vm.deadline(timeout)
+        info = new
+    return info
 
 
 def settle(vm, vid, want, timeout=120):
     """Wait until the device's size is `want` and the guest has all of it
     (and no more) online as System RAM in the device's range, and MemTotal
-    is stable.  Returns a dict of what the guest and QEMU show."""
-    start = time.monotonic()
+    is stable.  Returns a dict of what the guest and QEMU show.
+
+    Waits on progress: fails only when neither the device's size nor the
+    guest's System RAM in the device range nor MemTotal changed for
+    `timeout` seconds of guest run time (a loaded host does not count)."""
     info = wait_size(vm, vid, want, timeout)
     base, maxsize = info['memaddr'], info['max-size']
+    dl = vm.deadline(timeout)
     last = None
     while True:
         ranges = device_ram(vm, base, maxsize)
@@ -384,10 +394,13 @@ def settle(vm, vid, want, timeout=120):
         state = (tuple(ranges), memtotal)
         if ranges_size(ranges) == want and state == last:
             break
-        if time.monotonic() - start > timeout:
+        if state != last and last is not None:
+            dl = vm.deadline(timeout)
+        if dl.expired():
             raise vm.error(
                 f'guest has {fmt(ranges_size(ranges))} of {vid} as System '
-                f'RAM after {timeout}s, device size {fmt(want)}: {ranges}')
+                f'RAM, device size {fmt(want)}, no change for {dl}: '
+                f'{ranges}')
         last = state
         time.sleep(0.3)
     return {'info': info, 'ranges': ranges, 'memtotal': memtotal,
@@ -529,10 +542,10 @@ def guest_writer_gen(vm):
 def guest_stop_writer(t, vm, chunks=WRITER_CHUNKS, timeout=120):
     """Stop the writer, wait for it, check /mnt/w against its generation."""
     vm.run('touch /mnt/stop', check=True)
-    deadline = time.monotonic() + timeout
+    dl = vm.deadline(timeout)
     while vm.run('test -e /mnt/stopped')[0] != 0:
-        if time.monotonic() > deadline:
-            raise vm.error(f'guest writer did not stop within {timeout}s')
+        if dl.expired():
+            raise vm.error(f'guest writer did not stop within {dl}')
         time.sleep(0.3)
     gen = guest_writer_gen(vm)
     t.check(gen >= 1, 'the guest writer never completed a generation')

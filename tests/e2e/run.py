@@ -9,7 +9,8 @@ Exit status 1 if any test failed.  Environment: QEMU_BINARY (patched QEMU,
 default build/bin/qemu-system-x86_64), STOCK_QEMU (Debian's stock 7.2,
 default build/peers/stock-7.2/usr/bin/qemu-system-x86_64, see
 scripts/fetch-stock-qemu.sh), E2E_RESET_ROUNDS (test 3, default 20),
-VMGUEST_KEEP=1 keeps each VM's logs.
+E2E_CPU_VENDOR (test 7's CPU vendor on the TCG and the KVM side, default
+the host's), VMGUEST_KEEP=1 keeps each VM's logs.
 """
 
 import os

@@ -40,7 +40,20 @@ SLOT = 1 * GiB          # 16 GiB device: limit 248 -> S = 1 GiB (spec 5)
 STATIC_CHUNKS = 256     # ~266 MB static pattern, written before hop 1
 KEY = 'migration-chain'
 MAX_BANDWIDTH = 8 * GiB  # bytes/s: don't let 7.2's 32 MiB/s default throttle
-MIGRATE_TIMEOUT = 240
+# A migration fails when it makes no progress (status, bytes sent) for
+# MIGRATE_STALL seconds, or is not done after MIGRATE_LIMIT (a loaded host
+# slows it down a lot: the guest writer keeps dirtying memory meanwhile).
+MIGRATE_STALL = 120
+MIGRATE_LIMIT = 1200
+# Linux's virtio-mem driver (drivers/virtio/virtio_mem.c) retries a request
+# that got VIRTIO_MEM_RESP_BUSY (QEMU refuses plugs while migrating) after
+# a timer of 50 s, doubled after every retry that fails again, at most
+# 300 s.  Under TCG the guest's timers follow the host clock, so the retries
+# fall at predictable times; RETRY_SLACK covers the guest reacting late (to
+# the resize request, to its timer) on a loaded host.
+RETRY_FIRST = 50
+RETRY_MAX = 300
+RETRY_SLACK = 120
 
 PEERS = {
     'on': (PATCHED, True),
@@ -120,6 +133,44 @@ def get_source(t, kind, plugged):
     return vm, state
 
 
+def next_retry(first_busy, after):
+    """When Linux's driver retries a request that first got BUSY at
+    `first_busy` and on every retry up to `after`: the first retry after
+    `after` (times in seconds, any common origin)."""
+    due, step = first_busy + RETRY_FIRST, RETRY_FIRST
+    while due <= after:
+        step = min(2 * step, RETRY_MAX)
+        due += step
+    return due
+
+
+def wait_retry(t, dst, size0, t_req, t_end):
+    """The resize asked for at t_req (monotonic) is not done on the
+    destination after the migration that ended at t_end: the guest's
+    plug requests got BUSY.  Wait for the event that finishes it, the
+    guest's next retry (the device's size changes), until that retry's due
+    time plus RETRY_SLACK."""
+    due = next_retry(t_req, t_end)
+    t.log(f'destination size {fmt(size0)}: the guest\'s plug requests got '
+          f'BUSY during the {t_end - t_req:.0f}s of migration; its next '
+          f'retry is due {due - t_end:.0f}s after the migration (Linux '
+          f'retries {RETRY_FIRST}s after a BUSY, doubling, at most '
+          f'{RETRY_MAX}s)')
+    while True:
+        size = device_info(dst, 'vmem0')['size']
+        now = time.monotonic()
+        if size != size0:
+            t.log(f'the guest retried: size {fmt(size)} '
+                  f'{now - t_end:.0f}s after the migration')
+            return
+        if now > due + RETRY_SLACK:
+            raise dst.error(
+                f'destination size still {fmt(size0)} {now - t_end:.0f}s '
+                f'after the migration: the guest\'s retry was due '
+                f'{due - t_end:.0f}s after it (plus {RETRY_SLACK}s slack)')
+        time.sleep(0.5)
+
+
 def hop(t, src, state, dst_kind, resize_to=None):
     """Migrate src -> a new dst of dst_kind; verify; return the dst."""
     src_kind = state['kind']
@@ -130,22 +181,24 @@ def hop(t, src, state, dst_kind, resize_to=None):
     uri = dst.migrate_incoming_unix()
     if data:
         g0 = guest_writer_gen(src)
-        deadline = time.monotonic() + 60
+        dl = src.deadline(60)
         while guest_writer_gen(src) <= g0:       # the writer is writing
-            if time.monotonic() > deadline:
-                raise src.error('guest writer makes no progress')
+            if dl.expired():
+                raise src.error(f'guest writer makes no progress in {dl}')
             time.sleep(0.2)
     if resize_to is not None:
+        t_req = time.monotonic()
         set_requested(src, 'vmem0', resize_to)
         t.log(f'resize {fmt(plugged)} -> {fmt(resize_to)} requested, '
               'migrating at once')
     t0 = time.monotonic()
     src.migrate(uri, max_bandwidth=MAX_BANDWIDTH)
-    info = src.wait_migration(timeout=MIGRATE_TIMEOUT)
-    took = time.monotonic() - t0
+    info = src.wait_migration(timeout=MIGRATE_LIMIT, stall=MIGRATE_STALL)
+    t_end = time.monotonic()
+    took = t_end - t0
     ram = info.get('ram', {})
     src_size_at_end = device_info(src, 'vmem0')['size']
-    dst.wait_runstate('running', timeout=30)
+    dst.wait_runstate('running', timeout=120)
     t.eq(src.qmp('query-status')['status'], 'postmigrate',
          'source run state after migration')
     t.log(f'{label(src_kind)} -> {label(dst_kind)}: completed in '
@@ -170,9 +223,10 @@ def hop(t, src, state, dst_kind, resize_to=None):
         t.eq(dinfo['size'], src_size_at_end,
              'destination size vs source size at the end of migration')
     # A plug the guest asked for while the migration ran got VIRTIO_MEM
-    # BUSY (QEMU refuses plugs while migrating); Linux's driver retries
-    # only after its retry timer (50 s at first), hence the long timeout.
-    st = settle(dst, 'vmem0', want, timeout=150)
+    # BUSY; Linux's driver retries only when its retry timer fires.
+    if resize_to is not None and dinfo['size'] != want:
+        wait_retry(t, dst, dinfo['size'], t_req, t_end)
+    st = settle(dst, 'vmem0', want)
     n = check_layout(t, dst, dst_kind, st, f'{label(dst_kind)} after '
                                           'migration')
     t.log(f'destination: size {fmt(want)}, guest RAM '
