@@ -6,13 +6,17 @@ Boots the tiny test guest (scripts/build-guest.sh) under TCG with
   -m 1G,maxmem=257G
   -object memory-backend-ram,id=mem0,size=256G,reserve=off
   -device virtio-mem-pci,id=vmem0,memdev=mem0,requested-size=0,
-          unplugged-inaccessible=on,dynamic-memslots=on
+          dynamic-memslots=on
 
-then resizes the device 0 -> 4G -> 16G -> 1G -> 0 with QMP qom-set on
-requested-size, and after each step shows the guest's MemTotal, the device's
-size from query-memory-devices and the device's part of `info mtree`.  With
-the series the device memory is a `virtio-mem` container holding one
-`memslot-N` alias per mapped 1 GiB memslot; without it (a binary with no
+(unplugged-inaccessible stays 'auto', which means 'on' with
+dynamic-memslots=on), then resizes the device 0 -> 4G -> 16G -> 1G -> 0 with
+QMP qom-set on requested-size, and after each step shows the guest's
+MemTotal, the device's size and memslots from query-memory-devices
+(memslots, mapped-memslots, memslot-size) and the device's part of
+`info mtree`.  With the series the device memory is a `virtio-mem` container
+holding one `memslot-N` alias per mapped 1 GiB memslot, and the demo fails
+unless mapped-memslots equals the number of those aliases, memslots is 256
+and memslot-size 1 GiB.  Without the series (a binary with no
 dynamic-memslots property) the demo runs anyway and shows the unpatched
 layout: the whole 256 GiB memdev `mem0` mapped at once.
 
@@ -34,6 +38,8 @@ GiB = 1 << 30
 STEPS = [0, 4 * GiB, 16 * GiB, 1 * GiB, 0]
 DEV_PATH = '/machine/peripheral/vmem0'
 STEP_TIMEOUT = 60
+DEVICE_SIZE = 256 * GiB
+MEMSLOT_SIZE = 1 * GiB  # 256 GiB filling maxmem: 256 memslots (design 5)
 
 
 def fmt(n):
@@ -104,6 +110,28 @@ def device_mtree(vm):
     return ['(no device-memory region in info mtree)']
 
 
+def check_memslots(vm, info, aliases, dynamic):
+    """(mapped-memslots, memslots) from query-memory-devices, checked against
+    the memslot aliases in info mtree; None for a binary without the
+    fields."""
+    if 'memslots' not in info:
+        if dynamic:
+            log('  (this binary has no memslots fields in '
+                'query-memory-devices)')
+        return None
+    got = (info['memslots'], info['memslot-size'])
+    want = ((DEVICE_SIZE // MEMSLOT_SIZE, MEMSLOT_SIZE) if dynamic
+            else (1, DEVICE_SIZE))
+    if got != want:
+        raise vm.error(f'query-memory-devices: memslots {got[0]}, '
+                       f'memslot-size {got[1]}; want {want[0]}, {want[1]}')
+    if dynamic and info['mapped-memslots'] != aliases:
+        raise vm.error(f'query-memory-devices: mapped-memslots '
+                       f'{info["mapped-memslots"]}, but info mtree shows '
+                       f'{aliases} memslot aliases')
+    return info['mapped-memslots'], info['memslots']
+
+
 def main():
     t0 = time.monotonic()
     binary = default_binary()
@@ -121,13 +149,13 @@ def main():
     log('== virtio-mem dynamic-memslots demo ==')
     log(f'QEMU:  {binary}\n       {version}')
     log(f'guest: {kernel}')
-    dev = ('virtio-mem-pci,id=vmem0,memdev=mem0,requested-size=0,'
-           'unplugged-inaccessible=on')
+    dev = 'virtio-mem-pci,id=vmem0,memdev=mem0,requested-size=0'
     dynamic = has_device_property(binary, 'virtio-mem-pci', 'dynamic-memslots')
     if dynamic:
         dev += ',dynamic-memslots=on'
         log('dynamic-memslots: supported by this binary -> dynamic-memslots=on')
     else:
+        dev += ',unplugged-inaccessible=on'
         log('NOTE: this binary has no virtio-mem-pci property '
             "'dynamic-memslots' (the series is not in it).\n"
             '      Running without it: expect the unpatched layout, the whole '
@@ -161,15 +189,23 @@ def main():
                 f'requested-size {fmt(info["requested-size"])}, '
                 f'max-size {fmt(info["max-size"])}, '
                 f'block-size {fmt(info["block-size"])}')
+            slots = check_memslots(vm, info, aliases, dynamic)
+            if slots:
+                log(f'  query-memory-devices vmem0: memslots {slots[1]}, '
+                    f'mapped-memslots {slots[0]}, memslot-size '
+                    f'{fmt(info["memslot-size"])} (info mtree: {aliases} '
+                    'memslot aliases mapped, agrees)')
             log('  info mtree, device memory:')
             indent = len(mtree[0]) - len(mtree[0].lstrip())
             for line in mtree:
                 log('    ' + line[indent:])
             summary.append((fmt(want), fmt(info['size']), fmt(memtotal),
-                            str(aliases) if dynamic else '-'))
+                            str(aliases) if dynamic else '-',
+                            f'{slots[0]}/{slots[1]}' if slots else '-'))
 
     log('\n--- summary ---')
-    head = ('requested', 'device size', 'guest MemTotal', 'memslot aliases')
+    head = ('requested', 'device size', 'guest MemTotal', 'memslot aliases',
+            'mapped/memslots (QMP)')
     rows = [head] + summary
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     for r in rows:

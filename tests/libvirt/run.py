@@ -7,18 +7,20 @@ booting the project's guest (build/guest) with a 64 GiB virtio-mem device
 (2 MiB blocks, requested 0), in two legs:
 
   bookworm   bookworm's libvirt 9.0 (apt-get installed, base/libvirt-deps.txt),
-             which has no dynamicMemslots attribute: the device properties
-             come from <qemu:override> (tests/libvirt/domain-libvirt9.xml).
+             which has no dynamicMemslots attribute (it drops it silently,
+             checked): dynamic-memslots comes from <qemu:override>
+             (tests/libvirt/domain-libvirt9.xml).
   backports  bookworm-backports' libvirt 11.x, unpacked into a private prefix
              by scripts/fetch-libvirt-backports.sh (the machine's packages are
              not replaced): <target dynamicMemslots='yes'>, accepted because
              libvirt finds virtio-mem-pci's dynamic-memslots property in our
-             binary (checked in its capabilities cache); libvirt never sets
-             unplugged-inaccessible, whose default on the 7.2 machine types
-             is 'auto' (= 'off' for memory-backend-ram), so that property
-             still comes from <qemu:override>; without it the domain fails
-             to start with the design's error message (checked too)
+             binary (checked in its capabilities cache); no <qemu:override>
              (tests/libvirt/domain-libvirt11.xml).
+
+In both legs libvirt never sets unplugged-inaccessible: its default 'auto'
+resolves to 'on' with dynamic-memslots=on (checked with qom-get), and a domain
+whose override sets it to 'off' fails to start with the design's error
+message (checked too).
 
 Each leg starts its own libvirtd in a private mount namespace (unshare):
 overlayfs puts a private upper directory over /etc, /var and /run (and, for
@@ -38,7 +40,9 @@ device's virtio-mem container empty); virsh update-memory-device
     struct pages of hot-plugged memory may live on it, memmap_on_memory);
   - libvirt's live XML reports <requested> and <current> 4 GiB;
   - `info mtree` (virsh qemu-monitor-command --hmp) shows exactly four
-    memslot-N aliases of the memdev, 1 GiB each, at the right addresses;
+    memslot-N aliases of the memdev, 1 GiB each, at the right addresses, and
+    QMP query-memory-devices agrees (memslots 64, mapped-memslots 4,
+    memslot-size 1 GiB);
 a 360 MB pattern file in a guest tmpfs (larger than the 256 MiB boot RAM, so
 it lives in hot-plugged memory: checked in the guest's Movable zone) is
 written and its md5 checked against the host's; virsh save + virsh restore
@@ -603,15 +607,15 @@ def render(leg, d):
 
 
 def check_setting(leg, d, where, inactive=False):
-    """The domain's XML still asks for dynamic memslots (leg's way)."""
+    """The domain's XML still asks for dynamic memslots (leg's way), with
+    nothing else overridden."""
     mem, props = vmem_xml(d, inactive)
     tgt = mem.find('target')
-    eq(props.get('unplugged-inaccessible'), 'on',
-       f'{where}: <qemu:override> unplugged-inaccessible')
     if leg.name == 'bookworm':
-        eq(props.get('dynamic-memslots'), 'true',
-           f'{where}: <qemu:override> dynamic-memslots')
+        eq(props, {'dynamic-memslots': 'true'},
+           f'{where}: <qemu:override> properties')
     else:
+        eq(props, {}, f'{where}: <qemu:override> properties')
         eq(tgt.get('dynamicMemslots'), 'yes',
            f"{where}: <target dynamicMemslots=...>")
     return mem
@@ -621,38 +625,64 @@ ERR_NEEDS_INACCESSIBLE = ("'dynamic-memslots' property set to 'on' requires "
                           "'unplugged-inaccessible' to be 'on'")
 
 
-def check_without_override(leg, d, xml_path):
-    """Why the domain XML needs what it has (documents the two pitfalls):
-    libvirt 9.0 silently drops <target dynamicMemslots='yes'>; libvirt 11.x
-    emits dynamic-memslots but never unplugged-inaccessible, so without the
-    override our binary refuses to start (7.2 machine types: 'auto' = 'off'
-    for memory-backend-ram) with the design's exact message."""
-    name = DOMAIN + '-plain'
+def define_variant(d, xml_path, name, override):
+    """Define a copy of the domain named `name` whose <qemu:override> sets
+    `override` ({property: (type, value)}; none if empty) and whose target
+    asks for dynamicMemslots='yes'; without the command channel."""
     with open(xml_path) as f:
         xml = f.read()
     xml = re.sub(r'\s*<qemu:override>.*</qemu:override>', '', xml,
                  flags=re.S)
+    if override:
+        props = ''.join(f"\n        <qemu:property name='{k}' type='{t}' "
+                        f"value='{v}'/>" for k, (t, v) in override.items())
+        xml = xml.replace('</domain>', f"""  <qemu:override>
+    <qemu:device alias='{ALIAS}'>
+      <qemu:frontend>{props}
+      </qemu:frontend>
+    </qemu:device>
+  </qemu:override>
+</domain>""")
+        if 'xmlns:qemu=' not in xml:
+            xml = xml.replace("<domain type='qemu'>", "<domain type='qemu' "
+                              f"xmlns:qemu='{QEMU_NS}'>")
     xml = xml.replace(f'<name>{DOMAIN}</name>', f'<name>{name}</name>')
     xml = xml.replace('<target>', "<target dynamicMemslots='yes'>")
     xml = re.sub(r"<serial type='unix'>.*?</serial>", '', xml, flags=re.S)
-    path = os.path.join(d.dir, 'domain-plain.xml')
+    path = os.path.join(d.dir, f'{name}.xml')
     with open(path, 'w') as f:
         f.write(xml)
     d.virsh('define', path)
-    try:
-        root = ET.fromstring(d.virsh('dumpxml', name, '--inactive'))
-        tgt = root.find("./devices/memory[@model='virtio-mem']/target")
-        if leg.name == 'bookworm':
+
+
+def check_variants(leg, d, xml_path):
+    """What the domain XML may and may not leave out (documents the
+    pitfalls): libvirt 9.0 silently drops <target dynamicMemslots='yes'>,
+    hence its override; in both legs an override that sets
+    unplugged-inaccessible=off makes QEMU refuse to start with the design's
+    exact message (libvirt itself leaves the property at 'auto', which means
+    'on' with dynamic-memslots=on)."""
+    if leg.name == 'bookworm':
+        name = DOMAIN + '-plain'
+        define_variant(d, xml_path, name, {})
+        try:
+            root = ET.fromstring(d.virsh('dumpxml', name, '--inactive'))
+            tgt = root.find("./devices/memory[@model='virtio-mem']/target")
             eq(tgt.get('dynamicMemslots'), None,
                "libvirt 9.0's stored XML: dynamicMemslots (dropped)")
             log("  libvirt 9.0 drops <target dynamicMemslots='yes'> silently "
-                '(hence <qemu:override>)')
-            return
-        eq(tgt.get('dynamicMemslots'), 'yes',
-           "libvirt 11's stored XML: dynamicMemslots")
+                '(hence <qemu:override> for dynamic-memslots)')
+        finally:
+            d.virsh('undefine', name)
+    name = DOMAIN + '-off'
+    override = {'unplugged-inaccessible': ('string', 'off')}
+    if leg.name == 'bookworm':
+        override['dynamic-memslots'] = ('bool', 'true')
+    define_variant(d, xml_path, name, override)
+    try:
         rc, out = d.virsh_rc('start', name)
-        check(rc != 0, 'a domain with dynamicMemslots=yes but without the '
-                       'unplugged-inaccessible override started')
+        check(rc != 0, 'a domain with dynamic-memslots and an '
+                       'unplugged-inaccessible=off override started')
         # QEMU exits at once; libvirt usually relays its error, but when
         # QEMU is gone before libvirt connects to its monitor, virsh only
         # says "failed to connect to monitor socket" and the error is in
@@ -662,9 +692,10 @@ def check_without_override(leg, d, xml_path):
             with open(qlog, errors='replace') as f:
                 out += '\n--- ' + qlog + ':\n' + f.read()
         check(ERR_NEEDS_INACCESSIBLE in out,
-              f'start without the override failed otherwise:\n{out}')
-        log("  without the unplugged-inaccessible override libvirt 11 fails "
-            f'to start the domain: "{ERR_NEEDS_INACCESSIBLE}"')
+              f'start with unplugged-inaccessible=off failed otherwise:\n'
+              f'{out}')
+        log('  with an unplugged-inaccessible=off override the domain fails '
+            f'to start: "{ERR_NEEDS_INACCESSIBLE}"')
     finally:
         d.virsh_rc('destroy', name)
         d.virsh('undefine', name)
@@ -673,11 +704,14 @@ def check_without_override(leg, d, xml_path):
 def check_qemu_props(d):
     pid, dev = qemu_device_json(d)
     eq(dev.get('dynamic-memslots'), True, 'QEMU -device dynamic-memslots')
-    eq(dev.get('unplugged-inaccessible'), 'on',
-       'QEMU -device unplugged-inaccessible')
+    eq(dev.get('unplugged-inaccessible'), None,
+       'QEMU -device unplugged-inaccessible (libvirt does not set it)')
     eq(d.qmp('qom-get', path=f'/machine/peripheral/{ALIAS}',
              property='dynamic-memslots'), True,
        'qom-get dynamic-memslots')
+    eq(d.qmp('qom-get', path=f'/machine/peripheral/{ALIAS}',
+             property='unplugged-inaccessible'), 'on',
+       "qom-get unplugged-inaccessible ('auto' resolved)")
     return pid
 
 
@@ -734,6 +768,10 @@ def check_plugged(d, chan, want, base, maxsize, boot_memtotal, memdev, where):
     slots = mapped_memslots(mtree, memdev)
     eq(len(slots), want // SLOT, f'{where}: mapped memslot aliases of '
                                  f'{memdev}')
+    eq((info['memslots'], info['mapped-memslots'], info['memslot-size']),
+       (DEVICE_SIZE // SLOT, len(slots), SLOT),
+       f'{where}: query-memory-devices memslots, mapped-memslots, '
+       'memslot-size (vs info mtree)')
     for n, (i, s, e, a_s, a_e) in enumerate(sorted(slots)):
         eq(i, n, f'{where}: memslot index')
         eq((s, e), (base + i * SLOT, base + (i + 1) * SLOT - 1),
@@ -744,7 +782,9 @@ def check_plugged(d, chan, want, base, maxsize, boot_memtotal, memdev, where):
         f'{fmt(want)} in the device range {[(hex(s), hex(e)) for s, e in ranges]}, '
         f'online blocks {fmt(blocks)}, MemTotal {boot_memtotal} -> {mt} '
         f'(+{delta} B = {fmt(want)} - {want - delta} B), live XML current '
-        f'{fmt(to_bytes(cur))}, {len(slots)} memslot aliases mapped')
+        f'{fmt(to_bytes(cur))}, {len(slots)} memslot aliases mapped '
+        f'(query-memory-devices: memslots {info["memslots"]}, '
+        f'mapped-memslots {info["mapped-memslots"]})')
     return mtree
 
 
@@ -785,11 +825,11 @@ def run_leg(leg, keep):
                         in text
             check(found, 'libvirt capabilities of our binary lack '
                          'virtio-mem-pci.dynamic-memslots')
-        check_without_override(leg, d, xml)
+        check_variants(leg, d, xml)
         d.virsh('start', DOMAIN)
         pid = check_qemu_props(d)
         step(f'domain defined and started (QEMU pid {pid}, '
-             'dynamic-memslots=true, unplugged-inaccessible=on)')
+             'dynamic-memslots=true, unplugged-inaccessible auto -> on)')
 
         chan = Channel(os.path.join(d.sockdir, 'cmd.sock'),
                        lambda: d.qemu_pid(DOMAIN) is not None)
@@ -805,6 +845,10 @@ def run_leg(leg, keep):
         mtree = d.hmp('info mtree')
         check(has_container(mtree), 'no virtio-mem container at boot')
         eq(mapped_memslots(mtree, memdev), [], 'memslot aliases at boot')
+        eq((info['memslots'], info['mapped-memslots'], info['memslot-size']),
+           (DEVICE_SIZE // SLOT, 0, SLOT),
+           'query-memory-devices memslots, mapped-memslots, memslot-size at '
+           'boot')
         eq(guest_ram_in(chan, base, maxsize)[0], 0,
            'guest System RAM in the device range at boot')
         step(f'guest booted: MemTotal {boot_mt} B, device at {base:#x} '
