@@ -1,0 +1,10 @@
+# Debian packages from the series (README "Debian packages"). Not part of
+# make check: the package build takes too long for CI. Neither target uses
+# the developer tree build/qemu or build/bin.
+deb:
+	scripts/build-deb.sh
+
+check-deb: deb
+	scripts/check-deb.sh
+
+.PHONY: deb check-deb
