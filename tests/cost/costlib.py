@@ -1,4 +1,6 @@
-"""Helpers and a tiny runner for the cost suite (tests/cost).
+"""Helpers for the cost suite (tests/cost) and its hooks into the shared runner
+(tests/lib/suite.py): the context printed for its QEMUMachine-based VMs,
+its header line.
 
 Every test compares dynamic-memslots=on with =off in the same run, on paused
 VMs (-accel tcg -S, -cpu qemu64 on both sides of a migration; no guest, no
@@ -15,12 +17,10 @@ ends with 'N passed, N failed, N skipped'.
 import os
 import re
 import shutil
-import signal
 import sys
 import tempfile
 import threading
 import time
-import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, '..', '..'))
@@ -31,6 +31,8 @@ sys.path.insert(0, os.path.join(ROOT, 'bench'))
 import lib as bench  # noqa: E402  bench/lib.py
 from lib import (VM, StreamSink, fmt_bytes,  # noqa: E402
                  meminfo, proc_status, wait_binary)
+import suite  # noqa: E402
+from suite import Failure, Skip  # noqa: E402,F401
 import vmemqtest as vq  # noqa: E402
 from vmguest import parse_mtree  # noqa: E402
 
@@ -53,52 +55,20 @@ STATES = ('idle', 'unplug-all')
 QMP_TIMEOUT = 60
 
 
-class Failure(AssertionError):
-    """A failed check."""
-
-
-class Skip(Exception):
-    """The test cannot run here."""
-
-
 # -- the runner -------------------------------------------------------------
 
-TESTS = []
-
-
-def test(name):
-    """Register a test function under `name` (order of definition)."""
-    def deco(fn):
-        TESTS.append((name, fn))
-        return fn
-    return deco
-
-
-class Ctx:
-    """Per-test state: its VMs, a scratch directory, figures."""
+class Ctx(suite.Ctx):
+    """Per-test state: its VMs, a scratch directory, figures (the notes)."""
 
     def __init__(self, name):
-        self.name = name
-        self.vms = []
-        self.figures = []
-        self.start = time.monotonic()
+        super().__init__(name)
         self.tmp = tempfile.mkdtemp(prefix='cost-')
         self._dirs = [self.tmp]
 
-    def log(self, msg):
-        print(f'    [{time.monotonic() - self.start:6.1f}s] {msg}', flush=True)
-
     def figure(self, msg):
         """A measured figure, repeated in the final summary."""
-        self.figures.append(msg)
+        self.notes.append(msg)
         self.log(msg)
-
-    def check(self, cond, msg):
-        if not cond:
-            raise Failure(msg)
-
-    def skip(self, reason):
-        raise Skip(reason)
 
     def vm(self, args, qtest=False, name=None):
         """Launch a QEMU (QMP, optionally the qtest socket) owned by the
@@ -124,41 +94,24 @@ class Ctx:
         vm.killed = True
         vm.close()
 
-    def cleanup(self):
-        for vm in self.vms:
-            vm.close()
-        for d in self._dirs:
-            shutil.rmtree(d, ignore_errors=True)
 
+class CostSuite(suite.Suite):
+    def header(self, n):
+        return f'cost: {n} tests; QEMU {QEMU}'
 
-def pid_alive(pid):
-    try:
-        with open(f'/proc/{pid}/stat') as f:
-            state = f.read().rsplit(')', 1)[1].split()[0]
-        return state not in ('Z', 'X')
-    except OSError:
-        return False
+    def reason(self, t, exc):
+        """... and ' (QEMU NAME exited with status N)' for each VM of the
+        test whose QEMU ended by itself."""
+        reason = super().reason(t, exc)
+        for vm in t.vms:
+            popen = vm.m._popen  # pylint: disable=protected-access
+            if popen is not None and popen.poll() is not None and \
+                    not getattr(vm, 'killed', False):
+                reason += f' (QEMU {vm.name} exited with status ' \
+                          f'{popen.returncode})'
+        return reason
 
-
-def died(t):
-    """' (QEMU NAME exited with status N)' for each VM of the test whose
-    QEMU ended by itself."""
-    for vm in t.vms:
-        popen = vm.m._popen  # pylint: disable=protected-access
-        if popen is not None and popen.poll() is not None and \
-                not getattr(vm, 'killed', False):
-            yield f' (QEMU {vm.name} exited with status {popen.returncode})'
-
-
-def print_context(t, exc):
-    print('    ---- failure ----')
-    for line in f'{type(exc).__name__}: {exc}'.splitlines():
-        print('    ' + line)
-    for fr in [f for f in traceback.extract_tb(exc.__traceback__)
-               if f.filename.startswith(HERE)][-3:]:
-        print(f'    at {os.path.basename(fr.filename)}:{fr.lineno} '
-              f'in {fr.name}: {fr.line}')
-    for vm in t.vms:
+    def print_vm(self, vm):
         # pylint: disable=protected-access
         print(f'    ==== {vm.name} (pid {vm.pid}): '
               + ' '.join(vm.m._qemu_full_args or [vm.binary] + vm.args))
@@ -170,65 +123,18 @@ def print_context(t, exc):
             out = vm.m.get_log() or ''
         for line in out.strip().splitlines()[-15:]:
             print('    | ' + line)
-    print('    ---- end of failure ----', flush=True)
+
+    def stop_vm(self, vm):
+        vm.close()
+
+    def cleanup(self, t):
+        for d in t._dirs:  # pylint: disable=protected-access
+            shutil.rmtree(d, ignore_errors=True)
 
 
-def _sigterm(signum, frame):  # pylint: disable=unused-argument
-    raise SystemExit(128 + signum)
-
-
-def run_tests(argv):
-    """Run the registered tests (optionally filtered by substrings)."""
-    signal.signal(signal.SIGTERM, _sigterm)
-    signal.signal(signal.SIGHUP, _sigterm)
-    wanted = [a for a in argv if not a.startswith('-')]
-    selected = [(n, f) for n, f in TESTS
-                if not wanted or any(w in n for w in wanted)]
-    results = []
-    t_all = time.monotonic()
-    print(f'cost: {len(selected)} tests; QEMU {QEMU}', flush=True)
-    for name, fn in selected:
-        print(f'--- {name}', flush=True)
-        t = Ctx(name)
-        status, reason = 'PASS', ''
-        try:
-            fn(t)
-        except Skip as exc:
-            status, reason = 'SKIP', str(exc)
-        except (KeyboardInterrupt, SystemExit):
-            print(f'    interrupted: killing the QEMUs of {name}', flush=True)
-            t.cleanup()
-            raise
-        except BaseException as exc:  # pylint: disable=broad-except
-            status = 'FAIL'
-            reason = str(exc).splitlines()[0] if str(exc) else \
-                type(exc).__name__
-            reason += ''.join(died(t))
-            print_context(t, exc)
-        pids = [vm.pid for vm in t.vms if vm.pid]
-        t.cleanup()
-        for pid in pids:
-            if pid_alive(pid):
-                status, reason = 'FAIL', f'QEMU pid {pid} alive after cleanup'
-        dur = time.monotonic() - t.start
-        print(f'{status} {name} ({dur:.1f}s)' + (f': {reason}' if reason
-                                                 else ''), flush=True)
-        results.append((name, status, dur, reason, t.figures))
-    print('\n=== summary ===')
-    for name, status, dur, reason, _ in results:
-        print(f'{status:4} {dur:6.1f}s  {name}'
-              + (f'  -- {reason}' if reason and status != 'PASS' else ''))
-    figs = [(n, x) for n, _, _, _, xs in results for x in xs]
-    if figs:
-        print('\nfigures:')
-        for n, x in figs:
-            print(f'  [{n}] {x}')
-    npass = sum(1 for r in results if r[1] == 'PASS')
-    nfail = sum(1 for r in results if r[1] == 'FAIL')
-    nskip = sum(1 for r in results if r[1] == 'SKIP')
-    print(f'\ntotal time {time.monotonic() - t_all:.1f}s')
-    print(f'{npass} passed, {nfail} failed, {nskip} skipped', flush=True)
-    return 1 if nfail else 0
+SUITE = CostSuite(HERE, Ctx, 'figures')
+test = SUITE.test
+run_tests = SUITE.run
 
 
 # -- VM configuration ---------------------------------------------------------

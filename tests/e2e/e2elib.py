@@ -1,4 +1,6 @@
-"""Helpers and a tiny test runner for the real-guest end-to-end suite.
+"""Helpers for the real-guest end-to-end suite, and its hooks into the shared
+runner (tests/lib/suite.py): the VM handover between tests, GuestVM's
+error context.
 
 Each test is a function taking a TestCtx `t`, registered with @test(name).
 VMs are started through t.vm(...) so that the runner can print their QEMU
@@ -9,15 +11,15 @@ fails, and can kill every QEMU the test started (by PID) when it ends.
 import hashlib
 import os
 import re
-import signal
 import sys
 import time
-import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, '..', '..'))
 sys.path.insert(0, os.path.join(ROOT, 'tests', 'lib'))
 
+import suite  # noqa: E402  pylint: disable=C0413
+from suite import Failure, Skip, pid_alive  # noqa: E402,F401  pylint: disable=C0413
 from vmguest import (GuestVM, VMError, merge_ranges,  # noqa: E402,F401  pylint: disable=C0413
                      host_cpu_vendor)
 
@@ -49,14 +51,6 @@ def fmt(n):
     return ('-' if neg else '') + f'{n} B'
 
 
-class Failure(AssertionError):
-    """A failed check."""
-
-
-class Skip(Exception):
-    """The test cannot run here."""
-
-
 def wait_for_binary(path, timeout=300):
     """The patched binary may be briefly missing while it is rebuilt."""
     deadline = time.monotonic() + timeout
@@ -68,30 +62,15 @@ def wait_for_binary(path, timeout=300):
 
 # -- the runner -------------------------------------------------------------
 
-TESTS = []
 HANDOVER = {}   # key -> (GuestVM, state): running VMs passed between tests
 
 
-def test(name):
-    """Register a test function under `name` (order of definition)."""
-    def deco(fn):
-        TESTS.append((name, fn))
-        return fn
-    return deco
-
-
-class TestCtx:
-    """Per-test state: its VMs and a log."""
+class TestCtx(suite.Ctx):
+    """Per-test state: its VMs, findings (the notes) and a log."""
 
     def __init__(self, name):
-        self.name = name
-        self.vms = []
-        self.notes = []     # findings to repeat in the summary
+        super().__init__(name)
         self._handed = {}
-        self.start = time.monotonic()
-
-    def log(self, msg):
-        print(f'    [{time.monotonic() - self.start:6.1f}s] {msg}', flush=True)
 
     def note(self, msg):
         """A finding worth repeating in the final summary."""
@@ -140,130 +119,56 @@ class TestCtx:
             self.vms.append(vm)
         return vm, state
 
-    def check(self, cond, msg):
-        if not cond:
-            raise Failure(msg)
-
     def eq(self, got, want, what):
         if got != want:
             raise Failure(f'{what}: got {got!r}, want {want!r}')
 
-    def skip(self, reason):
-        raise Skip(reason)
 
+class E2ESuite(suite.Suite):
+    def header(self, n):
+        return f'e2e: {n} tests; patched QEMU {PATCHED}; stock peer {STOCK}'
 
-def pid_alive(pid):
-    """True if `pid` is a live (non-zombie) process."""
-    try:
-        with open(f'/proc/{pid}/stat') as f:
-            state = f.read().rsplit(')', 1)[1].split()[0]
-        return state not in ('Z', 'X')
-    except OSError:
-        return False
+    def message(self, exc):
+        return exc.message if isinstance(exc, VMError) else str(exc)
 
-
-def print_context(t, exc):
-    """Everything needed to see what failed: the step, and for every VM of
-    the test its QEMU command line, QMP exchange, QEMU output, console."""
-    print('    ---- failure ----')
-    msg = exc.message if isinstance(exc, VMError) else str(exc)
-    for line in (f'{type(exc).__name__}: {msg}').splitlines():
-        print('    ' + line)
-    tb = traceback.extract_tb(exc.__traceback__)
-    steps = [fr for fr in tb if fr.filename.startswith(HERE)]
-    for fr in steps[-3:]:
-        print(f'    at {os.path.basename(fr.filename)}:{fr.lineno} '
-              f'in {fr.name}: {fr.line}')
-    for vm in t.vms:
+    def print_vm(self, vm):
+        """Its QEMU command line, QMP exchange, QEMU output, console."""
         if vm.pid is None:
             print(f'    ==== {vm.name}: not launched; command line:\n'
                   f'      {vm.cmdline}')
-            continue
+            return
         print(f'    ==== {vm.name} (pid {vm.pid}) ====')
         for line in vm.error('context', qmp_entries=30).context.splitlines():
             if len(line) > 600:
                 line = line[:600] + f' ...[{len(line) - 600} more]'
             print('    ' + line)
-    print('    ---- end of failure ----', flush=True)
 
+    def interrupted(self, t):
+        t.vms += [vm for vm, _ in HANDOVER.values()]
+        super().interrupted(t)
 
-def _sigterm(signum, frame):  # pylint: disable=unused-argument
-    raise SystemExit(128 + signum)
-
-
-def run_tests(argv):
-    """Run the registered tests (optionally filtered by substrings)."""
-    signal.signal(signal.SIGTERM, _sigterm)
-    signal.signal(signal.SIGHUP, _sigterm)
-    wanted = [a for a in argv if not a.startswith('-')]
-    selected = [(n, f) for n, f in TESTS
-                if not wanted or any(w in n for w in wanted)]
-    results = []
-    t_all = time.monotonic()
-    print(f'e2e: {len(selected)} tests; patched QEMU {PATCHED}; '
-          f'stock peer {STOCK}', flush=True)
-    for name, fn in selected:
-        print(f'--- {name}', flush=True)
-        t = TestCtx(name)
-        status, reason = 'PASS', ''
-        try:
-            fn(t)
-        except Skip as exc:
-            status, reason = 'SKIP', str(exc)
-        except (KeyboardInterrupt, SystemExit):
-            print(f'    interrupted: killing the QEMUs of {name}', flush=True)
-            for vm in t.vms + [v for v, _ in HANDOVER.values()]:
-                vm.shutdown()
-            raise
-        except BaseException as exc:  # pylint: disable=broad-except
-            status = 'FAIL'
-            reason = (exc.message if isinstance(exc, VMError)
-                      else str(exc)).splitlines()[0] if str(exc) else \
-                type(exc).__name__
-            print_context(t, exc)
+    def after(self, t, status):
+        # pylint: disable=protected-access
         if status == 'PASS':
-            HANDOVER.update(t._handed)   # pylint: disable=protected-access
+            HANDOVER.update(t._handed)
         else:
-            t.vms += [vm for vm, _ in t._handed.values()]  # noqa pylint: disable=protected-access
-        # Clean up every QEMU the test started, by PID.
-        for vm in t.vms:
+            t.vms += [vm for vm, _ in t._handed.values()]
+
+    def finish(self, results):
+        """Kill the VMs handed over that no test took."""
+        for key, (vm, _) in list(HANDOVER.items()):
             pid = vm.pid
-            try:
-                vm.shutdown()
-            except Exception as exc:  # pylint: disable=broad-except
-                print(f'    cleanup of {vm.name} failed: {exc}')
+            vm.shutdown()
             if pid and pid_alive(pid):
-                status = 'FAIL'
-                reason = f'QEMU pid {pid} still alive after cleanup'
-        dur = time.monotonic() - t.start
-        line = f'{status} {name} ({dur:.1f}s)'
-        if reason:
-            line += f': {reason}'
-        print(line, flush=True)
-        results.append((name, status, dur, reason, t.notes))
-    for key, (vm, _) in list(HANDOVER.items()):
-        pid = vm.pid
-        vm.shutdown()
-        if pid and pid_alive(pid):
-            print(f'cleanup: QEMU pid {pid} ({key}) still alive')
-            results.append((f'cleanup {key}', 'FAIL', 0, 'QEMU alive', []))
-        del HANDOVER[key]
-    total = time.monotonic() - t_all
-    print('\n=== summary ===')
-    for name, status, dur, reason, _ in results:
-        print(f'{status:4} {dur:6.1f}s  {name}'
-              + (f'  -- {reason}' if reason and status != 'PASS' else ''))
-    notes = [(n, x) for n, _, _, _, ns in results for x in ns]
-    if notes:
-        print('\nfindings:')
-        for n, x in notes:
-            print(f'  [{n}] {x}')
-    npass = sum(1 for r in results if r[1] == 'PASS')
-    nfail = sum(1 for r in results if r[1] == 'FAIL')
-    nskip = sum(1 for r in results if r[1] == 'SKIP')
-    print(f'\ntotal time {total:.1f}s')
-    print(f'{npass} passed, {nfail} failed, {nskip} skipped', flush=True)
-    return 1 if nfail else 0
+                print(f'cleanup: QEMU pid {pid} ({key}) still alive')
+                results.append((f'cleanup {key}', 'FAIL', 0, 'QEMU alive',
+                                []))
+            del HANDOVER[key]
+
+
+SUITE = E2ESuite(HERE, TestCtx, 'findings')
+test = SUITE.test
+run_tests = SUITE.run
 
 
 # -- device and guest helpers ----------------------------------------------
