@@ -8,8 +8,10 @@
 #                     must hold; fails (exit 1) otherwise, skips loudly
 #                     without a usable /dev/kvm
 #
-# BENCH_ARGS passes options to bench/run.py (e.g. BENCH_ARGS='--runs 7', or
-# BENCH_ARGS='--only migration,idle-cost --runs 1' for the new items only).
+# BENCH_ARGS passes options to bench/run.py (e.g. BENCH_ARGS='--runs 7',
+# BENCH_ARGS='--only migration,idle-cost --runs 1' for the migration and
+# idle QEMU cost items only, or BENCH_ARGS='--extra-binary PATH
+# --extra-label NAME' to compare one more patched build, with on).
 
 BENCH_PY := python3
 

@@ -59,17 +59,23 @@ class Config:
         return self.key
 
 
-def configs():
+def configs(extra_binary=None, extra_label=None):
     """Every QEMU finds its firmware itself: the patched build and Debian's
     7.2 (scripts/fetch-stock-qemu.sh links its data directories) look in
-    Debian's /usr/share, upstream's wrapper passes -L for its own prefix."""
-    return [
+    Debian's /usr/share, upstream's wrapper passes -L for its own prefix.
+    extra_binary: one more patched build (e.g. an older one), compared with
+    dynamic-memslots=on as 'extra-on'."""
+    out = [
         Config('stock', 'stock 7.2', stock_binary(), None),
         Config('off', 'patched off', PATCHED, False),
         Config('on', 'patched on', PATCHED, True),
         Config('up-off', 'upstream 10.0 off', UPSTREAM, False),
         Config('up-on', 'upstream 10.0 on', UPSTREAM, True),
     ]
+    if extra_binary:
+        out.append(Config('extra-on', (extra_label or 'extra binary') + ' on',
+                          os.path.abspath(extra_binary), True))
+    return out
 
 
 def binary_version(binary):

@@ -18,12 +18,15 @@ with off and on:
  4. guest-visible latency under TCG: qom-set requested-size until the guest's
     MemTotal changes (tests/lib/vmguest.py guest);
  5. migration of a paused TCG VM with an idle device of 64 GiB .. 16 TiB,
-    16 GiB plugged, 4 GiB plugged then unplugged, an idle memfd device:
-    stream bytes (counted by a unix socket reader), time, source RSS and
-    host Shmem;
- 6. idle QEMU cost: QEMU's own VmRSS and exec -> QMP ready with an idle
-    device of 64 GiB .. 16 TiB (paused KVM VM), and migration time / peak
-    RSS with an idle 4 and 16 TiB device;
+    16 GiB plugged (into 1 TiB and into the largest device), 16 GiB more
+    boot RAM, 4 GiB plugged then unplugged, an idle memfd device: stream
+    bytes (counted by a unix socket reader), time, source RSS and host
+    Shmem;
+ 6. idle QEMU cost (issue 12): QEMU's own VmRSS and exec -> QMP ready with
+    an idle device of 64 GiB .. 16 TiB (paused KVM VM), and migration time
+    / the source's peak RSS with an idle 4 and 16 TiB device (against no
+    device) and 16 GiB plugged (against 16 GiB more boot RAM); the report
+    gives a verdict per goal;
  plus, in item 2's table, 1 GiB plugged with memslot-size=1G (patched on,
  where the binary has the property) and its plug/unplug request cost.
 
@@ -351,16 +354,26 @@ def guest_resize(vm, size, start_total, want_total, timeout=180):
 
 # (case key, device size, how): idle devices of each size on
 # memory-backend-ram, plugged / plugged-then-unplugged memory (qtest driver),
-# and one memfd-backed idle device (source RSS and host Shmem).
+# one memfd-backed idle device (source RSS and host Shmem); and for item 6,
+# 16 GiB plugged into the largest device (16 TiB) beside the same VM with
+# 16 GiB more boot RAM and no device ('bootram': what the plugged memory
+# itself costs a migration).
 def mig_cases(sizes, extra=True):
+    """extra=False: only item 6's cases (no device, idle >= 4 TiB, boot RAM,
+    16 GiB plugged into the largest device)."""
+    idle = sizes if extra else [s for s in sizes if s >= 4 * TiB]
+    big = max(sizes, default=0)
     return ([('idle-0', 0, 'idle')] +
-            [(f'idle-{s}', s, 'idle') for s in sizes] +
-            ([('plugged', PLUG_DEV, 'plug'), ('unplugged', PLUG_DEV, 'unplug'),
+            [(f'idle-{s}', s, 'idle') for s in idle] +
+            [('bootram', 0, 'bootram')] +
+            ([('plugged', PLUG_DEV, 'plug')] if extra else []) +
+            ([(f'plugged-{big}', big, 'plug')] if big > PLUG_DEV else []) +
+            ([('unplugged', PLUG_DEV, 'unplug'),
               ('memfd', MIG_MEMFD, 'memfd')] if extra else []))
 
 
 MIG_MEMFD = 8 * GiB           # 'memfd': idle memfd-backed device
-MIG_PLUG = 16 * GiB           # 'plug': plugged into the 1 TiB device
+MIG_PLUG = 16 * GiB           # 'plug': plugged (and 'bootram': boot RAM)
 MIG_UNPLUG = 4 * GiB          # 'unplug': plugged, then all unplugged
 MIG_RAM_GIB = 2
 
@@ -449,7 +462,11 @@ def mig_prepare(vm, how):
 
 def case_name(case, size):
     return (f'idle {lib.fmt_size(size)}' if case.startswith('idle-') and size
-            else 'no device' if case == 'idle-0' else case)
+            else 'no device' if case == 'idle-0' else
+            f'16 GiB plugged into {lib.fmt_size(size)}'
+            if case.startswith('plugged') else
+            f'{MIG_RAM_GIB}+{MIG_PLUG // GiB} GiB boot RAM, no device'
+            if case == 'bootram' else case)
 
 
 def fmt_mig(r):
@@ -478,7 +495,9 @@ def bench_migration(cfgs, cases, runs, res, timeout):
                         f'{case_name(case, size)}: skipped: {why}')
                     continue
                 args = lib.machine_args(
-                    cfg, 'tcg-paused', ram_gib=MIG_RAM_GIB, dev_size=size,
+                    cfg, 'tcg-paused', dev_size=size,
+                    ram_gib=MIG_RAM_GIB + (MIG_PLUG // GiB
+                                           if how == 'bootram' else 0),
                     backend=('memory-backend-memfd' if how == 'memfd'
                              else 'memory-backend-ram'))
                 try:
@@ -710,6 +729,12 @@ def main():
                     'idle-cost (default 64,256,1024,4096,16384)')
     ap.add_argument('--configs', default='',
                     help='comma-separated config keys (default all)')
+    ap.add_argument('--extra-binary', metavar='PATH',
+                    help='one more patched QEMU, compared with '
+                    'dynamic-memslots=on (config key extra-on), e.g. the '
+                    'previous build')
+    ap.add_argument('--extra-label', default='extra binary',
+                    help='its name in the report (default: %(default)s)')
     ap.add_argument('--out', default=os.path.join(HERE, 'results'),
                     help='directory for the results')
     ap.add_argument('--report', metavar='JSON',
@@ -732,7 +757,7 @@ def main():
     sizes = ([int(x) * GiB for x in args.sizes.split(',')] if args.sizes
              else IDLE_SIZES)
     t0 = time.monotonic()
-    cfgs = lib.configs()
+    cfgs = lib.configs(args.extra_binary, args.extra_label)
     if args.configs:
         cfgs = [c for c in cfgs if c.key in args.configs.split(',')]
     res = {'meta': meta(cfgs, runs), 'times': {}}
@@ -785,13 +810,13 @@ def main():
         runs, res))
     section('migration', lambda: bench_migration(
         cfgs, mig_cases(sizes), runs, res, args.migration_timeout))
-    if 'idle-cost' in only and 'migration' not in only and \
-            max(sizes) >= 4 * TiB:
-        # Its migration rows: the no-device VM and idle 4 / 16 TiB devices.
+    if 'idle-cost' in only and 'migration' not in only:
+        # Its migration rows: the no-device VM, idle 4 / 16 TiB devices,
+        # 16 GiB plugged into the largest one and 16 GiB of boot RAM.
         only.add('idle-cost-migration')
         section('idle-cost-migration', lambda: bench_migration(
-            cfgs, mig_cases([s for s in sizes if s >= 4 * TiB], False),
-            runs, res, args.migration_timeout))
+            cfgs, mig_cases(sizes, False), runs, res,
+            args.migration_timeout))
     # Without KVM: a paused TCG VM (the report says so).
     section('idle-cost', lambda: bench_idle_cost(
         cfgs, sizes, runs, res, per_page, 'kvm' if kvm_ok else 'tcg-paused'))

@@ -5,11 +5,13 @@
 #
 #   build/guest/vmlinuz         the kernel
 #   build/guest/initrd.img      gzip'd newc cpio: busybox + virtio(-mem) modules + /init
+#                               + /bin/smc (tests/e2e/guest/smc.c, gcc -static)
 #   build/guest/kernel-version  "<package> <package version> <uname -r>"
 #
 # Packages are fetched with scripts/private-apt.sh (the system's apt config is
 # never touched, nothing is installed into the system).  A second run does
-# nothing (unless this script changed); remove build/guest/ to force a rebuild.
+# nothing (unless this script or a guest helper's source changed); remove
+# build/guest/ to force a rebuild.
 #
 # The guest's /init serves a command channel on /dev/ttyS1 (ttyS0 is the
 # console).  Protocol: the host writes one shell command line; the guest runs
@@ -24,8 +26,13 @@ APT="$ROOT/scripts/private-apt.sh"
 OUT="$ROOT/build/guest"
 MODULES="virtio virtio_ring virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_mem"
 
-# The cache is also invalidated when this script (e.g. the guest's /init) changes.
-stamp=$(cksum < "$0")
+# Static helpers built from tests/e2e/guest/NAME.c into the guest's /bin/NAME.
+HELPERS="smc"
+
+# The cache is also invalidated when this script (e.g. the guest's /init) or
+# a helper's source changes.
+stamp=$(for h in $HELPERS; do cat "$ROOT/tests/e2e/guest/$h.c"; done |
+        cat "$0" - | cksum)
 if [ -s "$OUT/vmlinuz" ] && [ -s "$OUT/initrd.img" ] && [ -s "$OUT/kernel-version" ] &&
    [ "$(cat "$OUT/.script-cksum" 2>/dev/null)" = "$stamp" ]; then
     echo "build-guest: $OUT is up to date ($(cat "$OUT/kernel-version")), nothing to do"
@@ -33,7 +40,7 @@ if [ -s "$OUT/vmlinuz" ] && [ -s "$OUT/initrd.img" ] && [ -s "$OUT/kernel-versio
 fi
 
 PATH=$PATH:/usr/sbin:/sbin
-for tool in dpkg-deb cpio gzip depmod; do
+for tool in dpkg-deb cpio gzip depmod gcc; do
     command -v $tool >/dev/null || { echo "build-guest: $tool is missing" >&2; exit 1; }
 done
 
@@ -80,6 +87,11 @@ mkdir -p "$ir/bin" "$ir/sbin" "$ir/usr/bin" "$ir/usr/sbin" "$ir/proc" "$ir/sys" 
 cp "$scratch/pkg/bin/busybox" "$ir/bin/busybox"
 for applet in $("$ir/bin/busybox" --list-full); do
     [ -e "$ir/$applet" ] || ln -s /bin/busybox "$ir/$applet"
+done
+# The helpers: static (libc6-dev's libc.a), stripped.
+for h in $HELPERS; do
+    gcc -static -O2 -Wall -Wextra -s -o "$ir/bin/$h" "$ROOT/tests/e2e/guest/$h.c"
+    echo "build-guest: built /bin/$h ($(wc -c < "$ir/bin/$h") bytes)"
 done
 
 # Modules in dependency order (each module's deps before it), as paths

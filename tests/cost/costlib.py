@@ -2,12 +2,13 @@
 (tests/lib/suite.py): the context printed for its QEMUMachine-based VMs,
 its header line.
 
-Every test compares dynamic-memslots=on with =off in the same run, on paused
-VMs (-accel tcg -S, -cpu qemu64 on both sides of a migration; no guest, no
-KVM): QEMUs are launched with bench/lib.py's VM (QEMU's python/qemu, killed
-by PID on exit), memory is plugged and unplugged by the qtest virtio-mem
-driver (tests/lib/vmemqtest.py), migration streams go to bench/lib.py's
-StreamSink (a unix socket whose reader counts the bytes and drops them).
+Every test compares dynamic-memslots=on with =off (the qemu-* tests: with
+the same VM without the device) in the same run, on paused VMs (-accel tcg
+-S, -cpu qemu64 on both sides of a migration; no guest, no KVM): QEMUs are
+launched with bench/lib.py's VM (QEMU's python/qemu, killed by PID on exit),
+memory is plugged and unplugged by the qtest virtio-mem driver
+(tests/lib/vmemqtest.py), migration streams go to bench/lib.py's StreamSink
+(a unix socket whose reader counts the bytes and drops them).
 
 Each test is a function taking a Ctx `t`, registered with @test(name); the
 runner prints PASS/FAIL/SKIP per test, the figures every test recorded, and
@@ -30,7 +31,8 @@ sys.path.insert(0, os.path.join(ROOT, 'bench'))
 # pylint: disable=wrong-import-position
 import lib as bench  # noqa: E402  bench/lib.py
 from lib import (VM, StreamSink, fmt_bytes,  # noqa: E402
-                 meminfo, proc_status, wait_binary)
+                 meminfo, proc_status, reset_peak_rss, settle_rss,
+                 wait_binary)
 import suite  # noqa: E402
 from suite import Failure, Skip  # noqa: E402,F401
 import vmemqtest as vq  # noqa: E402
@@ -43,6 +45,9 @@ QEMU = os.environ.get('QEMU_BINARY') or os.path.join(
 MACHINE = 'pc-q35-7.2'
 # TCG keeps qemu64's own vendor on every host (KVM would take the host's).
 ACCEL = ['-accel', 'tcg', '-S', '-cpu', 'qemu64']
+# ... and for devices of TiBs: qemu64 has 40 physical address bits under
+# TCG (1 TiB), whatever the host has.
+ACCEL_WIDE = ['-accel', 'tcg', '-S', '-cpu', 'qemu64,phys-bits=48']
 DEV = '/machine/peripheral/vmem0'
 BOOT_RAM = 2 * GiB
 PLUG = 1 * GiB              # plugged by the unplug-all and postcopy cases
@@ -244,6 +249,30 @@ def vm_args(backend, dynamic, boot=BOOT_RAM, incoming=False, accel=None):
     return args
 
 
+def plain_args(boot=BOOT_RAM, incoming=False, accel=None):
+    """The VM of vm_args() without the device (and without maxmem)."""
+    args = ['-machine', MACHINE, '-nodefaults'] + (accel or ACCEL) + [
+        '-m', f'{boot // MiB}M']
+    return args + (['-incoming', 'defer'] if incoming else [])
+
+
+def bitmap_bytes(size, bits=4):
+    """What QEMU 7.2 keeps per RAM block of `size`: 1 bit per 4 KiB page
+    for each of its 3 dirty-memory clients, and 1 for migration's bitmap
+    (or the destination's received bitmap) while it migrates."""
+    return size // (4 * KiB) * bits // 8
+
+
+def host_guard(t, need, what):
+    """Skip unless the host can give `need` bytes (what a build that keeps
+    today's bitmaps would allocate) and keep MIN_AVAILABLE free."""
+    avail = meminfo('MemAvailable') or 0
+    if avail - need < MIN_AVAILABLE:
+        t.skip(f'{what} may need {fmt_bytes(need)} of host memory, '
+               f'MemAvailable is {fmt_bytes(avail)} (keeping '
+               f'{fmt_bytes(MIN_AVAILABLE)} free)')
+
+
 def device_size(vm):
     for dev in vm.qmp('query-memory-devices'):
         if dev['type'] == 'virtio-mem' and dev['data'].get('id') == 'vmem0':
@@ -307,6 +336,8 @@ class Sampler:
 
     def __init__(self, pid, backend=None, limit=STOP_AT):
         self.pid, self.backend, self.limit = pid, backend, limit
+        # VmHWM restarts from here, for peak_rss() (False: not allowed).
+        self.hwm = reset_peak_rss(pid)
         self.base = self._sample()
         self.peak = dict.fromkeys(self.base, 0)
         self.last = dict(self.base)
@@ -354,6 +385,18 @@ class Sampler:
         self.take()
         return self.peak
 
+    def peak_rss(self):
+        """The largest VmRSS (+ HugetlbPages) of the QEMU while sampled:
+        the largest sample, or VmHWM since the start if that is larger
+        (it sees peaks between samples).  Call before the QEMU is gone."""
+        peak = self.base['rss'] + self.peak['rss']
+        if self.hwm:
+            try:
+                peak = max(peak, proc_status(self.pid, 'VmHWM') or 0)
+            except OSError:
+                pass
+        return peak
+
     def text(self):
         p = self.peak
         s = f'RSS +{fmt_bytes(p["rss"])}'
@@ -368,6 +411,35 @@ def migration_caps(vm, **caps):
         for k, v in caps.items()])
 
 
+def _follow(t, vm, samplers, t0, timeout, stop, where):
+    """Poll vm's migration until it ends; stop it (see migrate_to_sink) if
+    a sampler says so or after `timeout`.  where(): how far it got, for
+    the log.  Returns (status, info, ram, why it was stopped or None)."""
+    stopped, ram, info = None, {}, {}
+    while True:
+        info = vm.qmp('query-migrate')
+        status = info.get('status')
+        ram = info.get('ram', ram)
+        if status in ('completed', 'failed', 'cancelled'):
+            break
+        why = next((s.over for s in samplers if s.over), None) or (
+            f'stopped: not done after {timeout}s'
+            if time.monotonic() - t0 > timeout else None)
+        if why and not stopped:
+            stopped = why
+            how = 'migrate_cancel' if stop == 'cancel' else 'kill'
+            t.log(f'{why}: {how} at {where()}')
+            if stop == 'kill':
+                for s in samplers:
+                    s.take()
+                t.kill(vm)
+                status = 'killed'
+                break
+            vm.qmp('migrate_cancel')
+        time.sleep(0.05)
+    return status, info, ram, stopped
+
+
 def migrate_to_sink(t, vm, sampler, timeout=180, stop='cancel'):
     """Migrate vm into a StreamSink while `sampler` watches; stop the
     migration if the sampler says so or after `timeout`: stop='cancel'
@@ -378,33 +450,54 @@ def migrate_to_sink(t, vm, sampler, timeout=180, stop='cancel'):
     with StreamSink(path) as sink:
         t0 = time.monotonic()
         vm.qmp('migrate', uri=sink.uri)
-        stopped, ram, info = None, {}, {}
-        while True:
-            info = vm.qmp('query-migrate')
-            status = info.get('status')
-            ram = info.get('ram', ram)
-            if status in ('completed', 'failed', 'cancelled'):
-                break
-            why = sampler.over or (
-                f'stopped: not done after {timeout}s'
-                if time.monotonic() - t0 > timeout else None)
-            if why and not stopped:
-                stopped = why
-                how = 'migrate_cancel' if stop == 'cancel' else 'kill'
-                t.log(f'{why}: {how} at {fmt_bytes(sink.count)} of stream')
-                if stop == 'kill':
-                    sampler.take()
-                    t.kill(vm)
-                    status = 'killed'
-                    break
-                vm.qmp('migrate_cancel')
-            time.sleep(0.05)
+        status, info, ram, stopped = _follow(
+            t, vm, [sampler], t0, timeout, stop,
+            lambda: f'{fmt_bytes(sink.count)} of stream')
         seconds = time.monotonic() - t0
         sink.wait(30)
         nbytes = sink.count
     sampler.stop(after=0 if status == 'killed' else 0.3)
     return {'status': status, 'bytes': nbytes, 'seconds': seconds,
             'info': info, 'ram': ram, 'stopped': stopped}
+
+
+def migrate_to_vm(t, src, dst, samplers, timeout=180):
+    """Migrate src into dst (started with -incoming defer) over a unix
+    socket while `samplers` watch (stopped with migrate_cancel like
+    migrate_to_sink), wait until dst has left 'inmigrate', then stop the
+    samplers.  Returns migrate_to_sink's dict, 'bytes' being the source's
+    ram 'transferred', plus 'dst_status'."""
+    uri = 'unix:' + tempfile.mktemp(prefix='mig-', suffix='.sock',
+                                    dir=t.tmp)
+    dst.qmp('migrate-incoming', uri=uri)
+    t0 = time.monotonic()
+    src.qmp('migrate', uri=uri)
+
+    def where():
+        ram = src.qmp('query-migrate').get('ram', {})
+        return f'{fmt_bytes(ram.get("transferred", 0))} sent'
+
+    status, info, ram, stopped = _follow(t, src, samplers, t0, timeout,
+                                         'cancel', where)
+    seconds = time.monotonic() - t0
+
+    def dst_state():
+        try:
+            return dst.qmp('query-status')['status']
+        except Exception:   # pylint: disable=broad-except
+            return 'gone (QEMU exited)'
+
+    deadline = time.monotonic() + 60
+    dst_status = dst_state()
+    while status == 'completed' and dst_status == 'inmigrate' and \
+            time.monotonic() < deadline:
+        time.sleep(0.05)
+        dst_status = dst_state()
+    for s in samplers:
+        s.stop()
+    return {'status': status, 'bytes': ram.get('transferred', 0),
+            'seconds': seconds, 'info': info, 'ram': ram,
+            'stopped': stopped, 'dst_status': dst_status}
 
 
 def run_text(r):
