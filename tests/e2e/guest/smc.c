@@ -3,7 +3,8 @@
  * suite's TCG test (tests/e2e/test_smc.py).  Built static by
  * scripts/build-guest.sh into the test guest's initramfs as /bin/smc.
  *
- *   smc [-n NODE] [-i ROUNDS]     (defaults: node 1, 1000 rounds)
+ *   smc [-n NODE] [-i ROUNDS] [-v VERSION] [-w]
+ *                       (defaults: node 1, 1000 rounds, version 0)
  *
  * Makes a memfd of PAGES pages, maps it twice at fixed addresses (A:
  * read/write/execute, B: read/write only), binds both mappings to NODE with
@@ -13,9 +14,24 @@
  *
  *   smc: page 0 phys 0x140000000 node 1 (A 0x200000000 B 0x300000000)
  *
- * Then, ROUNDS times, it rewrites the code and runs it, each function
- * called several times before and after every rewrite so that TCG has a
- * translation cached when the next write comes:
+ * The immediates of the code first written depend on VERSION (0-255, all 0
+ * for version 0), the code layout does not: runs with different versions
+ * put different instruction bytes at the same virtual addresses:
+ *
+ *   smc: code version 1: first results 0x1010101 0x10010101 0x1000101 ...
+ *
+ * Every function is then called (round 0).  With -w it then prints
+ *
+ *   smc: waiting for SIGUSR1 (pid 123)
+ *
+ * and waits (at most 10 minutes) until it gets SIGUSR1, while the code's
+ * translations stay cached in the pages (e.g. while the memory is unplugged
+ * and plugged again, the process's pages moved elsewhere), then calls every
+ * function again (round 0 too) and prints the placement ("held").
+ *
+ * Then, ROUNDS times (may be 0), it rewrites the code and runs it, each
+ * function called several times before and after every rewrite so that TCG
+ * has a translation cached when the next write comes:
  *
  *   imm-A      page 0: "mov eax, imm32; ret", imm32 rewritten through A
  *   imm-B      page 0 (other half): "mov eax, imm32; add eax, imm32; ret",
@@ -37,6 +53,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -60,8 +77,14 @@
  */
 #define A_ADDR 0x200000000UL
 #define B_ADDR 0x300000000UL
+/* Offsets of the functions (see above) in the code. */
+#define F0 0
+#define F1 (PAGE / 2)
+#define F2 PAGE
+#define F3 (3 * PAGE - 3)
 #define CALLS 3         /* calls of a function before and after each write */
 #define MAX_REPORTS 5   /* mismatch lines printed per step */
+#define WAIT_SECONDS 600 /* -w: longest wait for SIGUSR1 */
 
 typedef int (*fn_t)(int);
 
@@ -167,6 +190,17 @@ static void expect(struct step *s, long round, fn_t f, int arg, int want)
     }
 }
 
+/* Call every function, expecting the results its current code gives. */
+static void run_all(struct step *s, long round, uint32_t v0, uint32_t v1,
+                    int add2, uint32_t k2, uint32_t v3)
+{
+    expect(&s[0], round, (fn_t)(a + F0), 0, v0);
+    expect(&s[1], round, (fn_t)(a + F1), 0, 0x10000000 + v1);
+    expect(&s[2], round, (fn_t)(a + F2), 0x01000000,
+           add2 ? 0x01000000 + k2 : 0x01000000 - k2);
+    expect(&s[3], round, (fn_t)(a + F3), 0, v3);
+}
+
 static uint32_t next(uint32_t *seed)
 {
     *seed = *seed * 1103515245u + 12345u;
@@ -175,14 +209,13 @@ static uint32_t next(uint32_t *seed)
 
 int main(int argc, char **argv)
 {
-    int node = 1, opt, fd;
+    int node = 1, opt, fd, version = 0, hold = 0;
     long rounds = 1000;
+    sigset_t usr1;
     unsigned long mask;
     size_t len = PAGES * PAGE;
     uint32_t seed = 12345, v0, v1, k2, v3;
     int add2 = 1, bad = 0;
-    /* Offsets of the functions and of the bytes that are rewritten. */
-    const size_t f0 = 0, f1 = PAGE / 2, f2 = PAGE, f3 = 3 * PAGE - 3;
     const unsigned char ret = 0xc3;
     struct step steps[] = {
         { .name = "imm-A",
@@ -197,7 +230,7 @@ int main(int argc, char **argv)
     };
 
     setvbuf(stdout, NULL, _IOLBF, 0);
-    while ((opt = getopt(argc, argv, "n:i:")) != -1) {
+    while ((opt = getopt(argc, argv, "n:i:v:w")) != -1) {
         switch (opt) {
         case 'n':
             node = atoi(optarg);
@@ -205,15 +238,28 @@ int main(int argc, char **argv)
         case 'i':
             rounds = atol(optarg);
             break;
+        case 'v':
+            version = atoi(optarg);
+            break;
+        case 'w':
+            hold = 1;
+            break;
         default:
-            fprintf(stderr, "usage: %s [-n NODE] [-i ROUNDS]\n", argv[0]);
+            fprintf(stderr, "usage: %s [-n NODE] [-i ROUNDS] [-v VERSION] "
+                    "[-w]\n", argv[0]);
             return 2;
         }
     }
-    if (node < 0 || node >= 64 || rounds < 1) {
-        fprintf(stderr, "smc: bad node %d or rounds %ld\n", node, rounds);
+    if (node < 0 || node >= 64 || rounds < 0 || version < 0 ||
+        version > 255) {
+        fprintf(stderr, "smc: bad node %d, rounds %ld or version %d\n", node,
+                rounds, version);
         return 2;
     }
+    /* Blocked from the start: a SIGUSR1 sent early is kept pending. */
+    sigemptyset(&usr1);
+    sigaddset(&usr1, SIGUSR1);
+    sigprocmask(SIG_BLOCK, &usr1, NULL);
 
     fd = memfd_create("smc", 0);
     if (fd < 0) {
@@ -238,57 +284,77 @@ int main(int argc, char **argv)
                 MPOL_MF_STRICT | MPOL_MF_MOVE) != 0) {
         die("mbind mapping B");
     }
-    printf("smc: %d pages bound to node %d, %ld rounds\n", PAGES, node,
-           rounds);
+    printf("smc: %d pages bound to node %d, %ld rounds, code version %d\n",
+           PAGES, node, rounds, version);
 
-    /* The code, written through A (this allocates the pages). */
+    /*
+     * The code, written through A (this allocates the pages); its
+     * immediates (version 0: all 0) are the functions' first results.
+     */
+    v0 = 0x01010101u * version;
+    v1 = 0x00010101u * version;
+    k2 = 0x0101u * version;
+    v3 = 0x10101010u * version;
     memset(a, 0xcc, len);                                   /* int3 */
-    poke(a, f0, "\xb8\0\0\0\0", 5);                         /* mov eax, 0 */
-    poke(a, f0 + 5, &ret, 1);
-    poke(a, f1, "\xb8\x00\x00\x00\x10", 5);          /* mov eax, 0x10000000 */
-    poke(a, f1 + 5, "\x05\0\0\0\0", 5);                     /* add eax, 0 */
-    poke(a, f1 + 10, &ret, 1);
-    poke(a, f2, "\x89\xf8", 2);                             /* mov eax, edi */
-    poke(a, f2 + 2, "\x05\0\0\0\0", 5);                     /* add eax, 0 */
-    poke(a, f2 + 7, &ret, 1);
-    poke(a, f3, "\xb8\0\0\0\0", 5);     /* mov eax, 0: bytes 1-2 page 2, */
-    poke(a, f3 + 5, &ret, 1);           /* bytes 3-4 and ret page 3 */
+    poke(a, F0, "\xb8", 1);                                 /* mov eax, v0 */
+    poke32(a, F0 + 1, v0);
+    poke(a, F0 + 5, &ret, 1);
+    poke(a, F1, "\xb8\x00\x00\x00\x10", 5);          /* mov eax, 0x10000000 */
+    poke(a, F1 + 5, "\x05", 1);                             /* add eax, v1 */
+    poke32(a, F1 + 6, v1);
+    poke(a, F1 + 10, &ret, 1);
+    poke(a, F2, "\x89\xf8", 2);                             /* mov eax, edi */
+    poke(a, F2 + 2, "\x05", 1);                             /* add eax, k2 */
+    poke32(a, F2 + 3, k2);
+    poke(a, F2 + 7, &ret, 1);
+    poke(a, F3, "\xb8", 1);        /* mov eax, v3: bytes 1-2 in page 2, */
+    poke32(a, F3 + 1, v3);         /* bytes 3-4 and the ret in page 3 */
+    poke(a, F3 + 5, &ret, 1);
 
+    printf("smc: code version %d: first results %#x %#x %#x %#x\n",
+           version, (unsigned)v0, (unsigned)(0x10000000 + v1),
+           (unsigned)(0x01000000 + k2), (unsigned)v3);
     bad |= placement("before");
+    run_all(steps, 0, v0, v1, add2, k2, v3);
+    if (hold) {
+        siginfo_t si;
+        struct timespec limit = { .tv_sec = WAIT_SECONDS };
 
-    v0 = 0;
-    v1 = 0;
-    k2 = 0;
-    v3 = 0;
+        printf("smc: waiting for SIGUSR1 (pid %d)\n", (int)getpid());
+        if (sigtimedwait(&usr1, &si, &limit) != SIGUSR1) {
+            printf("smc: FAIL wait: no SIGUSR1 within %d s: %s\n",
+                   WAIT_SECONDS, strerror(errno));
+            bad = 1;
+        }
+        run_all(steps, 0, v0, v1, add2, k2, v3);
+        bad |= placement("held");
+    }
+
     for (long r = 1; r <= rounds; r++) {
         uint32_t hi;
 
         /* Run everything (translations cached), then rewrite and run. */
-        expect(&steps[0], r, (fn_t)(a + f0), 0, v0);
-        expect(&steps[1], r, (fn_t)(a + f1), 0, 0x10000000 + v1);
-        expect(&steps[2], r, (fn_t)(a + f2), 0x01000000,
-               add2 ? 0x01000000 + k2 : 0x01000000 - k2);
-        expect(&steps[3], r, (fn_t)(a + f3), 0, v3);
+        run_all(steps, r, v0, v1, add2, k2, v3);
 
         v0 = next(&seed);
-        poke32(a, f0 + 1, v0);
-        expect(&steps[0], r, (fn_t)(a + f0), 0, v0);
+        poke32(a, F0 + 1, v0);
+        expect(&steps[0], r, (fn_t)(a + F0), 0, v0);
 
         v1 = next(&seed) & 0xffffff;
-        poke32(b, f1 + 6, v1);
-        expect(&steps[1], r, (fn_t)(a + f1), 0, 0x10000000 + v1);
+        poke32(b, F1 + 6, v1);
+        expect(&steps[1], r, (fn_t)(a + F1), 0, 0x10000000 + v1);
 
         k2 = next(&seed) & 0xffff;
-        poke32(a, f2 + 3, k2);          /* the immediate, then the opcode */
+        poke32(a, F2 + 3, k2);          /* the immediate, then the opcode */
         add2 = !add2;
-        poke(r & 1 ? b : a, f2 + 2, add2 ? "\x05" : "\x2d", 1);
-        expect(&steps[2], r, (fn_t)(a + f2), 0x01000000,
+        poke(r & 1 ? b : a, F2 + 2, add2 ? "\x05" : "\x2d", 1);
+        expect(&steps[2], r, (fn_t)(a + F2), 0x01000000,
                add2 ? 0x01000000 + k2 : 0x01000000 - k2);
 
         hi = next(&seed) & 0xffff0000;  /* bytes 3-4 of the imm: page 3 */
-        poke(b, f3 + 3, (unsigned char *)&hi + 2, 2);
+        poke(b, F3 + 3, (unsigned char *)&hi + 2, 2);
         v3 = (v3 & 0xffff) | hi;
-        expect(&steps[3], r, (fn_t)(a + f3), 0, v3);
+        expect(&steps[3], r, (fn_t)(a + F3), 0, v3);
     }
 
     bad |= placement("after");
