@@ -5,7 +5,9 @@
 #
 # Steps: the series' patch checks, the docs build, the qtests (the series'
 # virtio-mem-test plus the tree's x86_64 qtests that cover what the series
-# touches), the demo, and the suites that bring their own make target
+# touches), QEMU's own unit tests and migration-test (under TCG and KVM)
+# for the core code the series changes, the demo, and the suites that
+# bring their own make target
 # (check-e2e, check-robust, check-cost, check-libvirt, bench-quick) when
 # they exist.
 set -u
@@ -94,6 +96,41 @@ for q in "${QTESTS[@]}"; do
     step "qtest-${words[0]}" tap timeout 1800 "$bdir/tests/qtest/${words[0]}" \
         --tap -k "${words[@]:1}"
 done
+
+# QEMU's own suites for the core code the series changes (dirty memory in
+# physmem, migration/ram, bitmaps, RCU), run the way QEMU runs them.
+UNITS=(test-bitmap test-bitops rcutorture test-rcu-list test-rcu-simpleq
+       test-rcu-slist test-rcu-tailq)
+unames=()
+for u in "${UNITS[@]}"; do unames+=("tests/unit/$u"); done
+step build-qemu-suites plain ninja -C "$bdir" "${unames[@]}" \
+    tests/qtest/migration-test
+for u in "${UNITS[@]}"; do
+    step "unit-$u" tap timeout 600 "$bdir/tests/unit/$u" --tap -k
+done
+
+# migration-test uses KVM whenever /dev/kvm opens: for the TCG leg, hide it
+# in a private mount namespace.
+mt=$bdir/tests/qtest/migration-test
+if [ -e /dev/kvm ]; then
+    step migration-test-tcg tap timeout 1800 unshare -m sh -c \
+        'mount --bind /dev/null /dev/kvm && exec "$0" --tap -k' "$mt"
+else
+    step migration-test-tcg tap timeout 1800 "$mt" --tap -k
+fi
+# The KVM leg. Two cases fail on this project's KVM host (a shadow-paging
+# KVM) with Debian's stock QEMU 7.2 too and are skipped: vcpu_dirty_limit
+# always, dirty_ring now and then ("Memory content inconsistency": the
+# stock binary failed 3 of 15 runs here, see docs/design.md section 9).
+if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then
+    step migration-test-kvm tap timeout 2400 "$mt" --tap -k \
+        -s /x86_64/migration/vcpu_dirty_limit -s /x86_64/migration/dirty_ring
+    echo "    skipped: /x86_64/migration/vcpu_dirty_limit and dirty_ring (fail with Debian's stock 7.2 on this host too)"
+    skipped=$((skipped + 2))
+else
+    echo "=== migration-test-kvm: skipped, no usable /dev/kvm"
+    skipped=$((skipped + 1))
+fi
 
 step demo plain timeout 300 python3 scripts/demo.py
 
