@@ -1,4 +1,4 @@
-"""Real-guest test 7: the KVM leg.
+"""Real-guest tests 7 and 7b: the KVM leg.
 
 /dev/kvm here is a shadow-paging KVM that cannot boot guests but can hold
 paused VMs and load migration streams.  A TCG guest with a 1 TiB virtio-mem
@@ -17,6 +17,13 @@ it, confirmed by a second run (see kvm_cost):
        (KVM's per-memslot metadata is linear in the slot size; the spec
        measured +2.51 GiB for 1 TiB on this kind of machine)
 
+Test 7b: a guest plugs 1.5 GiB into a 4 GiB device with memslot-size=1G
+(memslot 0 whole, memslot 1 half plugged) and writes data there; its state
+is loaded into a paused KVM VM and migrated from there to a second one.
+Every migration must complete (KVM starts dirty logging with all of a
+memslot dirty, the unplugged half too) and the plugged memory must be
+byte-identical at every step.
+
 CPU vendor: under KVM `-cpu qemu64` takes the host's vendor, under TCG the
 model's (AuthenticAMD), and pc machines place device memory above the AMD
 1 TiB HyperTransport hole only for AMD vCPUs (here: at 1 TiB instead of
@@ -27,6 +34,7 @@ host, to run the Intel layout here; KVM accepts a foreign vendor for a
 paused VM).
 """
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -35,7 +43,8 @@ import time
 from e2elib import (GiB, MiB, TiB, PATCHED, STOCK, test, memdev_args,
                     vmem_args, device_info, set_requested, settle,
                     check_aliases, direct_regions, container_regions, fmt,
-                    host_cpu_vendor, Failure, VMError)
+                    host_cpu_vendor, guest_mount_scratch,
+                    guest_write_pattern, Failure, VMError)
 
 # One CPU vendor on both sides (see above); None: unknown, test 7 skips.
 VENDOR = os.environ.get('E2E_CPU_VENDOR') or host_cpu_vendor()
@@ -294,3 +303,95 @@ def run_kvm(t, stream):
         t.check(0.8 * cost_off <= cost_stock <= 1.25 * cost_off,
                 f'stock 7.2 costs {fmt(cost_stock)}, patched off '
                 f'{fmt(cost_off)}: they should be the same')
+
+
+def pmem_sha256(vm, addr, size, path):
+    """sha256 of guest memory [addr, addr + size), through pmemsave."""
+    vm.qmp('pmemsave', val=addr, size=size, filename=path)
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            h.update(block)
+    os.unlink(path)
+    return h.hexdigest()
+
+
+def wait_incoming(vm, label, timeout=120):
+    deadline = time.monotonic() + timeout
+    while True:
+        st = vm.qmp('query-migrate').get('status')
+        if st == 'completed':
+            return
+        if st == 'failed' or time.monotonic() > deadline:
+            raise vm.error(f'{label}: incoming migration status {st}')
+        time.sleep(0.1)
+
+
+@test('7b-kvm-to-kvm-migration-half-plugged-memslot')
+def t7b_kvm_migration(t):
+    """A guest's state with a half-plugged memslot, made under TCG, loaded
+    into a paused KVM VM and migrated from there to another paused KVM VM
+    (KVM dirty log initially set: the unplugged half of the memslot is
+    reported dirty): every migration completes and the plugged memory is
+    byte-identical at every step."""
+    reason = kvm_usable()
+    if reason:
+        t.skip(reason)
+    if not VENDOR:
+        t.skip('the host CPU vendor (vendor_id in /proc/cpuinfo) is unknown: '
+               'set E2E_CPU_VENDOR')
+    plugged = 1536 * MiB        # memslot 0 whole, memslot 1 half
+    dev = (memdev_args('mem0', '4G') +
+           vmem_args('vmem0', 'mem0', True, extra=',memslot-size=1G'))
+    tmp = tempfile.mkdtemp(prefix='e2e-kvm-mig-')
+    try:
+        stream = os.path.join(tmp, 'stream.bin')
+        src = t.vm(memory='512M', maxmem='4608M', name='tcg-src',
+                   extra_args=['-cpu', f'qemu64,vendor={VENDOR}'] + dev)
+        set_requested(src, 'vmem0', plugged)
+        st = settle(src, 'vmem0', plugged, timeout=180)
+        t.eq(len(src.mapped_memslots('mem0')), 2,
+             'source: memslots 0 and 1 mapped')
+        # data in the hot-plugged memory, not only zeroes
+        guest_mount_scratch(src)
+        guest_write_pattern(src, '/mnt/a', 640, 0, 'a')
+        src.qmp('stop')
+        base = st['base']
+        want = pmem_sha256(src, base, plugged, os.path.join(tmp, 'mem'))
+        src.migrate(f'exec:cat > {stream}', max_bandwidth=8 * GiB)
+        src.wait_migration(timeout=300)
+        t.kill(src)
+        t.log(f'TCG source: {fmt(plugged)} plugged at {base:#x}, stream '
+              f'{fmt(os.path.getsize(stream))}')
+
+        kvm_args = KVM_CPU + ['-S'] + dev
+        vm1 = t.vm(accel='kvm', incoming=f'exec:cat {stream}', name='kvm-1',
+                   wait=False, memory='512M', maxmem='4608M',
+                   extra_args=kvm_args)
+        wait_incoming(vm1, 'kvm-1')
+        t.eq(device_info(vm1, 'vmem0')['memaddr'], base,
+             'kvm-1: memaddr (as the TCG source)')
+        t.eq([a['alias_start'] for a in vm1.mapped_memslots('mem0')],
+             [0, GiB], 'kvm-1: mapped memslots 0 and 1')
+        t.eq(pmem_sha256(vm1, base, plugged, os.path.join(tmp, 'mem')),
+             want, 'kvm-1: plugged memory (sha256) as on the TCG source')
+
+        vm2 = t.vm(accel='kvm', incoming='defer', name='kvm-2', wait=False,
+                   memory='512M', maxmem='4608M', extra_args=kvm_args)
+        uri = vm2.migrate_incoming_unix()
+        start = time.monotonic()
+        vm1.migrate(uri, max_bandwidth=8 * GiB)
+        vm1.wait_migration(timeout=120)
+        wait_incoming(vm2, 'kvm-2')
+        info = vm1.qmp('query-migrate')
+        t.log(f'kvm-1 -> kvm-2: {info["status"]} in '
+              f'{time.monotonic() - start:.2f}s, '
+              f'{info["ram"]["normal"]} normal and '
+              f'{info["ram"]["duplicate"]} zero pages')
+        t.eq([a['alias_start'] for a in vm2.mapped_memslots('mem0')],
+             [0, GiB], 'kvm-2: mapped memslots 0 and 1')
+        t.eq(pmem_sha256(vm2, base, plugged, os.path.join(tmp, 'mem')),
+             want, 'kvm-2: plugged memory (sha256) as on the TCG source')
+        t.eq(device_info(vm2, 'vmem0')['size'], plugged, 'kvm-2: size')
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
