@@ -965,6 +965,7 @@ def write(res, stem):
             L += errs
             L.append('')
     L += migration_section(res, made)
+    L += kvm_migration_section(res)
     L += idle_cost_section(res, made)
     replaced = m.get('replaced', [])
     if chart_errors or res.get('crashed') or replaced:
@@ -1208,4 +1209,56 @@ def idle_cost_migration(res, made, cases, rows_of):
     if errs:
         L += ['Did not run (* = not started by the benchmark\'s memory '
               'guard):', ''] + sorted(set(errs)) + ['']
+    return L
+
+
+def kvm_mig_stats(res, key, case, metric):
+    rows = res.get('kvm-migration', {}).get(key, {}).get(case, [])
+    done = [r for r in rows if 'error' not in r]
+    cancelled = [r for r in done if 'cancelled' in r]
+    if cancelled and metric in ('bytes', 'seconds'):
+        r = max(cancelled, key=lambda r: r['bytes'])
+        return ((f'> {fmt_bytes(r["bytes"])}†' if metric == 'bytes' else
+                 f'> {fmt_secs(r["cancelled"])}†'), 'did not complete')
+    return summary(MIG_METRICS[metric](r) for r in done), first_error(rows)
+
+
+def kvm_migration_section(res):
+    """## 5b: paused KVM VM, partly plugged memslots."""
+    per = res.get('kvm-migration', {})
+    if not per:
+        return []
+    cases = sorted({c for v in per.values() for c in v},
+                   key=lambda c: tuple(int(x) for x in c.split('-')))
+    lab, ks = labels(res), [k for k in keys(res) if k in per]
+    rows_of = [(k, lab[k]) for k in ks]
+    timeout = res['meta'].get('migration_timeout')
+    L = ['## 5b. Migration of a paused KVM VM with partly plugged memslots',
+         '']
+    L.append('`-accel kvm -S -cpu qemu64,host-phys-bits=on -m 1G`, one '
+             '`virtio-mem-pci` on `memory-backend-ram,reserve=off`, the '
+             'given amount plugged from the start of the device through the '
+             'qtest virtio-mem driver (`-qtest` socket beside KVM), so the '
+             'last mapped memslot is partly plugged (half of a 1 GiB one for '
+             '512 MiB); `migrate` to a counting unix socket, `max-bandwidth` '
+             '64 GiB/s; time is QEMU\'s `total-time`. KVM starts dirty '
+             'logging with every page of a mapped memslot dirty. † = did not '
+             f'complete, cancelled after {timeout or 0:.0f} s.')
+    L.append('')
+    cols = [(c, f'{fmt_bytes(int(c.split("-")[1]))} into '
+                f'{fmt_size(int(c.split("-")[0]))}') for c in cases]
+    head = ['config'] + [c[1] for c in cols]
+    errs = []
+    for m, what, f in (('bytes', 'stream bytes', fmt_bytes),
+                       ('seconds', 'times', fmt_secs)):
+        L += [f'{what.capitalize()}:', '']
+        errs = config_tables(
+            L, head, rows_of, cols,
+            lambda k, c, m=m: kvm_mig_stats(res, k, c, m), f,
+            [lambda c, r=r, m=m: kvm_mig_stats(res, r, c, m)[0]
+             for r in ('off', 'up-on')],
+            f'Ratios of the {what}: against patched off / against '
+            'upstream 10.0 on:')
+    if errs:
+        L += ['Did not run:', ''] + errs + ['']
     return L

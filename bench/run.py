@@ -22,6 +22,9 @@ with off and on:
     boot RAM, 4 GiB plugged then unplugged, an idle memfd device: stream
     bytes (counted by a unix socket reader), time, source RSS and host
     Shmem;
+ 5b. migration of a paused KVM VM with 512 MiB, 1.5 GiB and 16 GiB plugged
+    into 4 GiB .. 1 TiB devices (the last mapped memslot partly plugged):
+    stream bytes and time, stock 7.2, patched off and on, upstream 10.0 on;
  6. idle QEMU cost (issue 12): QEMU's own VmRSS and exec -> QMP ready with
     an idle device of 64 GiB .. 16 TiB (paused KVM VM), and migration time
     / the source's peak RSS with an idle 4 and 16 TiB device (against no
@@ -69,6 +72,7 @@ META_PER_PAGE_DEFAULT = 10.05      # bytes per 4 KiB, refined by item 2
 
 DEV = '/machine/peripheral/vmem0'
 SECTIONS = ['idle', 'plugged', 'memslot-size', 'requests', 'guest',
+            'kvm-migration',
             'migration', 'idle-cost']
 
 
@@ -515,6 +519,51 @@ def bench_migration(cfgs, cases, runs, res, timeout):
                     f'{case_name(case, size)}: {fmt_mig(r)}')
 
 
+# -- 5b. migration of a paused KVM VM with partly plugged memslots -------------------------
+
+# (device size, plugged): half a 1 GiB memslot, one and a half, and more
+KVM_MIG_CASES = [(4 * GiB, 512 * MiB), (4 * GiB, 1536 * MiB),
+                 (64 * GiB, 16 * GiB), (TiB, 512 * MiB), (TiB, 16 * GiB)]
+KVM_MIG_CONFIGS = ('stock', 'off', 'on', 'up-on')
+
+
+def kvm_mig_case(size, plugged):
+    return f'{size}-{plugged}'
+
+
+def bench_kvm_migration(cfgs, runs, res, timeout):
+    """Paused KVM VM (-accel kvm -S), `plugged` bytes plugged from the
+    start of a device of `size` by the qtest driver (KVM starts dirty
+    logging with every page of a mapped memslot dirty, also the unplugged
+    blocks of a partly plugged one), `migrate` to a byte-counting socket."""
+    out = res.setdefault('kvm-migration', {})
+    res.setdefault('meta', {})['migration_timeout'] = timeout
+    for cfg in cfgs:
+        if cfg.key not in KVM_MIG_CONFIGS:
+            continue
+        for size, plugged in KVM_MIG_CASES:
+            case = kvm_mig_case(size, plugged)
+            name = (f'{lib.fmt_bytes(plugged)} plugged into '
+                    f'{lib.fmt_size(size)}')
+            for run in range(runs):
+                slot = out.setdefault(cfg.key, {}).setdefault(case, [])
+                args = lib.machine_args(cfg, 'kvm', dev_size=size,
+                                        requested=plugged)
+                try:
+                    lib.wait_binary(cfg.binary)
+                    with VM(cfg.binary, args, qtest=True) as vm:
+                        dev = vq.VirtioMem(vm.qt).init()
+                        dev.plug(0, plugged)
+                        r = migrate_measure(vm, timeout)
+                        r['start'] = vm.start_seconds
+                except (VMStartError, OSError, RuntimeError,
+                        vq.QtestError) as exc:
+                    r = {'error': err_text(exc)}
+                slot.append(r)
+                log(f'  kvm-migration run {run + 1} {cfg.key:7} {name}: '
+                    f'{fmt_mig(r)}')
+
+
 # -- 6. idle QEMU cost ---------------------------------------------------------------------
 
 def bench_idle_cost(cfgs, sizes, runs, res, per_page, accel):
@@ -810,6 +859,8 @@ def main():
         runs, res))
     section('migration', lambda: bench_migration(
         cfgs, mig_cases(sizes), runs, res, args.migration_timeout))
+    section('kvm-migration', lambda: bench_kvm_migration(
+        cfgs, runs, res, args.migration_timeout) if kvm_ok else None)
     if 'idle-cost' in only and 'migration' not in only:
         # Its migration rows: the no-device VM, idle 4 / 16 TiB devices,
         # 16 GiB plugged into the largest one and 16 GiB of boot RAM.
