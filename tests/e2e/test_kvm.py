@@ -172,14 +172,19 @@ def close(a, b):
     return abs(a - b) <= max(2 * MiB, 0.03 * max(abs(a), abs(b)))
 
 
-@test('7-kvm-load-16G-plugged-1T-device-host-memory')
-def t7_kvm(t):
+def skip_without_kvm(t):
+    """Skip unless /dev/kvm works and the CPU vendor for both sides is known."""
     reason = kvm_usable()
     if reason:
         t.skip(reason)
     if not VENDOR:
         t.skip('the host CPU vendor (vendor_id in /proc/cpuinfo) is unknown: '
                'set E2E_CPU_VENDOR')
+
+
+@test('7-kvm-load-16G-plugged-1T-device-host-memory')
+def t7_kvm(t):
+    skip_without_kvm(t)
     t.log(f'CPU vendor on both sides: {VENDOR}')
     tmp = tempfile.mkdtemp(prefix='e2e-kvm-')
     try:
@@ -334,12 +339,7 @@ def t7b_kvm_migration(t):
     (KVM dirty log initially set: the unplugged half of the memslot is
     reported dirty): every migration completes and the plugged memory is
     byte-identical at every step."""
-    reason = kvm_usable()
-    if reason:
-        t.skip(reason)
-    if not VENDOR:
-        t.skip('the host CPU vendor (vendor_id in /proc/cpuinfo) is unknown: '
-               'set E2E_CPU_VENDOR')
+    skip_without_kvm(t)
     plugged = 1536 * MiB        # memslot 0 whole, memslot 1 half
     dev = (memdev_args('mem0', '4G') +
            vmem_args('vmem0', 'mem0', True, extra=',memslot-size=1G'))
