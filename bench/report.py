@@ -138,10 +138,11 @@ MIG_METRICS = {
 }
 
 
-def mig_stats(res, key, case, metric):
-    """(summary, error) of a migration figure; for bytes and seconds, a
-    text when a run was cancelled (what it had sent by then)."""
-    rows = res.get('migration', {}).get(key, {}).get(case, [])
+def mig_stats(res, key, case, metric, section='migration'):
+    """(summary, error) of a migration figure of res[section]; for bytes
+    and seconds, a text when a run was cancelled (what it had sent by
+    then)."""
+    rows = res.get(section, {}).get(key, {}).get(case, [])
     done = [r for r in rows if 'error' not in r]
     cancelled = [r for r in done if 'cancelled' in r]
     if cancelled and metric in ('bytes', 'seconds', 'zero'):
@@ -1212,16 +1213,6 @@ def idle_cost_migration(res, made, cases, rows_of):
     return L
 
 
-def kvm_mig_stats(res, key, case, metric):
-    rows = res.get('kvm-migration', {}).get(key, {}).get(case, [])
-    done = [r for r in rows if 'error' not in r]
-    cancelled = [r for r in done if 'cancelled' in r]
-    if cancelled and metric in ('bytes', 'seconds'):
-        r = max(cancelled, key=lambda r: r['bytes'])
-        return ((f'> {fmt_bytes(r["bytes"])}†' if metric == 'bytes' else
-                 f'> {fmt_secs(r["cancelled"])}†'), 'did not complete')
-    return summary(MIG_METRICS[metric](r) for r in done), first_error(rows)
-
 
 def kvm_migration_section(res):
     """## 5b: paused KVM VM, partly plugged memslots."""
@@ -1254,8 +1245,8 @@ def kvm_migration_section(res):
         L += [f'{what.capitalize()}:', '']
         errs = config_tables(
             L, head, rows_of, cols,
-            lambda k, c, m=m: kvm_mig_stats(res, k, c, m), f,
-            [lambda c, r=r, m=m: kvm_mig_stats(res, r, c, m)[0]
+            lambda k, c, m=m: mig_stats(res, k, c, m, 'kvm-migration'), f,
+            [lambda c, r=r, m=m: mig_stats(res, r, c, m, 'kvm-migration')[0]
              for r in ('off', 'up-on')],
             f'Ratios of the {what}: against patched off / against '
             'upstream 10.0 on:')

@@ -483,6 +483,20 @@ def fmt_mig(r):
             f'{lib.fmt_bytes(r["shmem"], True)}')
 
 
+def migrate_run(cfg, args, timeout, qtest, prepare):
+    """Start cfg's QEMU with args, prepare(vm), migrate_measure() it; the
+    result, or {'error': ...} if it could not be done."""
+    try:
+        lib.wait_binary(cfg.binary)
+        with VM(cfg.binary, args, qtest=qtest) as vm:
+            prepare(vm)
+            r = migrate_measure(vm, timeout)
+            r['start'] = vm.start_seconds
+    except (VMStartError, OSError, RuntimeError, vq.QtestError) as exc:
+        r = {'error': err_text(exc)}
+    return r
+
+
 def bench_migration(cfgs, cases, runs, res, timeout):
     """Paused TCG VM (-accel tcg -S, the same -cpu for every binary), one
     virtio-mem device, `migrate` to a byte-counting unix socket."""
@@ -504,16 +518,8 @@ def bench_migration(cfgs, cases, runs, res, timeout):
                                            if how == 'bootram' else 0),
                     backend=('memory-backend-memfd' if how == 'memfd'
                              else 'memory-backend-ram'))
-                try:
-                    lib.wait_binary(cfg.binary)
-                    with VM(cfg.binary, args,
-                            qtest=how in ('plug', 'unplug')) as vm:
-                        mig_prepare(vm, how)
-                        r = migrate_measure(vm, timeout)
-                        r['start'] = vm.start_seconds
-                except (VMStartError, OSError, RuntimeError,
-                        vq.QtestError) as exc:
-                    r = {'error': err_text(exc)}
+                r = migrate_run(cfg, args, timeout, how in ('plug', 'unplug'),
+                                lambda vm, how=how: mig_prepare(vm, how))
                 slot.append(r)
                 log(f'  migration run {run + 1} {cfg.key:7} '
                     f'{case_name(case, size)}: {fmt_mig(r)}')
@@ -549,16 +555,9 @@ def bench_kvm_migration(cfgs, runs, res, timeout):
                 slot = out.setdefault(cfg.key, {}).setdefault(case, [])
                 args = lib.machine_args(cfg, 'kvm', dev_size=size,
                                         requested=plugged)
-                try:
-                    lib.wait_binary(cfg.binary)
-                    with VM(cfg.binary, args, qtest=True) as vm:
-                        dev = vq.VirtioMem(vm.qt).init()
-                        dev.plug(0, plugged)
-                        r = migrate_measure(vm, timeout)
-                        r['start'] = vm.start_seconds
-                except (VMStartError, OSError, RuntimeError,
-                        vq.QtestError) as exc:
-                    r = {'error': err_text(exc)}
+                r = migrate_run(
+                    cfg, args, timeout, True,
+                    lambda vm, p=plugged: vq.VirtioMem(vm.qt).init().plug(0, p))
                 slot.append(r)
                 log(f'  kvm-migration run {run + 1} {cfg.key:7} {name}: '
                     f'{fmt_mig(r)}')
