@@ -44,6 +44,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import socket
 import statistics
 import subprocess
@@ -72,7 +73,7 @@ META_PER_PAGE_DEFAULT = 10.05      # bytes per 4 KiB, refined by item 2
 
 DEV = '/machine/peripheral/vmem0'
 SECTIONS = ['idle', 'plugged', 'memslot-size', 'requests', 'guest',
-            'kvm-migration',
+            'kvm-migration', 'tcg-reset', 'tcg-hotpath',
             'migration', 'idle-cost']
 
 
@@ -563,6 +564,137 @@ def bench_kvm_migration(cfgs, runs, res, timeout):
                     f'{fmt_mig(r)}')
 
 
+# -- 7. TCG: reset with translated code, and the hot path --------------------
+
+# Reset: a guest plugs TCG_RESET_SIZES into a TCG_RESET_DEV device, runs
+# code from every page of TCG_CODE_MIB of it (the guest's /bin/memrun -x:
+# one translation per 4 KiB page), then QMP system_reset.  The device's
+# reset handler is its unplug-all (virtio_mem_unplug_all(), the function a
+# guest's UNPLUG_ALL request runs): with the series it drops the code
+# translated from the plugged memory, page run by page run.  The code is
+# the same 1 GiB for both sizes: the host cannot populate 64 GiB, and the
+# cost should follow what has code, not what is plugged.
+TCG_RESET_SIZES = [16 * GiB, 64 * GiB]
+TCG_RESET_DEV = 128 * GiB
+TCG_CODE_MIB = 1024
+TCG_BOOT = 4 * GiB          # 64 GiB hot-plugged need 1 GiB of memmap
+# Hot path: boot, plug HOT_PLUG, fill HOT_MIB in it and checksum it
+# HOT_PASSES times (/bin/memrun -s); guest-clock seconds of each.
+HOT_PLUG = 2 * GiB
+HOT_MIB = 1024
+HOT_PASSES = 4
+HOT_DEV = 1 * TiB
+TCG_CONFIGS = ('stock', 'off', 'on', 'up-on')
+_MEMRUN_RE = re.compile(r'^memrun: OK (\w+) pages (\d+) (.*)$', re.M)
+
+
+def tcg_guest(cfg, dev_size, boot):
+    """A test guest under TCG with boot RAM on NUMA node 0 and the device
+    (nothing plugged) as node 1."""
+    sys.path.insert(0, os.path.join(lib.ROOT, 'tests', 'lib'))
+    from vmguest import GuestVM  # pylint: disable=C0415
+    extra = cfg.fw_args + [
+        '-cpu', 'qemu64,phys-bits=48',
+        '-object', f'memory-backend-ram,id=ram0,size={boot // MiB}M',
+        '-numa', 'node,nodeid=0,memdev=ram0', '-numa', 'node,nodeid=1',
+        '-object', f'memory-backend-ram,id=mem0,size={dev_size // MiB}M,'
+                   'reserve=off',
+        '-device', f'virtio-mem-pci,id=vmem0,memdev=mem0,node=1,'
+                   f'requested-size=0,{cfg.vmem_props()}']
+    return GuestVM(binary=cfg.binary, memory=f'{boot // MiB}M',
+                   maxmem=f'{(boot + dev_size) // MiB}M', extra_args=extra,
+                   boot_timeout=300)
+
+
+def memrun(vm, args, timeout=1800):
+    """Run /bin/memrun in the guest; its figures as a dict."""
+    rc, out = vm.run(f'memrun -n 1 {args}', timeout=timeout)
+    m = _MEMRUN_RE.search(out)
+    if rc or not m:
+        raise RuntimeError(f'memrun {args}: exit {rc}: {out.strip()[-300:]}')
+    words = m.group(3).split()
+    figs = dict(zip(words[::2], words[1::2]))
+    figs['pages'] = int(m.group(2))
+    return figs
+
+
+def guest_plug(vm, size):
+    """requested-size = size; seconds until the guest plugged it all."""
+    t0 = time.monotonic()
+    vm.qmp('qom-set', path=DEV, property='requested-size', value=size)
+    while vm.qmp('qom-get', path=DEV, property='size') != size:
+        if time.monotonic() - t0 > 600:
+            raise RuntimeError(f'guest plugged '
+                               f'{vm.qmp("qom-get", path=DEV, property="size")}'
+                               f' of {size} after 600 s')
+        time.sleep(0.05)
+    return time.monotonic() - t0
+
+
+def bench_tcg_reset(cfgs, runs, res):
+    out = res.setdefault('tcg-reset', {})
+    for run in range(runs):
+        for size in TCG_RESET_SIZES:
+            for cfg in cfgs:
+                if cfg.key not in TCG_CONFIGS:
+                    continue
+                slot = out.setdefault(cfg.key, {}).setdefault(str(size), [])
+                r = {}
+                try:
+                    lib.wait_binary(cfg.binary)
+                    with tcg_guest(cfg, TCG_RESET_DEV, TCG_BOOT) as vm:
+                        r['plug'] = guest_plug(vm, size)
+                        figs = memrun(vm, f'-m {TCG_CODE_MIB} -x')
+                        r['code_pages'] = figs['pages']
+                        r['code'] = float(figs['seconds'])
+                        t0 = time.monotonic()
+                        vm.qmp('system_reset')
+                        vm.wait_event('RESET', timeout=600)
+                        r['reset'] = time.monotonic() - t0
+                        r['size_after'] = vm.qmp('qom-get', path=DEV,
+                                                 property='size')
+                        if r['size_after']:
+                            r['error'] = (f'size {r["size_after"]} after '
+                                          'the reset, want 0')
+                except Exception as exc:    # pylint: disable=broad-except
+                    r['error'] = err_text(exc)
+                slot.append(r)
+                log(f'  tcg-reset run {run + 1} {cfg.key:7} '
+                    f'{size // GiB} GiB plugged: ' +
+                    (f'FAILED: {r["error"]}' if 'error' in r else
+                     f'reset {lib.fmt_secs(r["reset"])} (code from '
+                     f'{r["code_pages"]} pages in {r["code"]:.1f} s, '
+                     f'plug {r["plug"]:.1f} s)'))
+
+
+def bench_tcg_hotpath(cfgs, runs, res):
+    out = res.setdefault('tcg-hotpath', {})
+    for run in range(runs):
+        for cfg in cfgs:
+            if cfg.key not in TCG_CONFIGS:
+                continue
+            r = {}
+            try:
+                lib.wait_binary(cfg.binary)
+                with tcg_guest(cfg, HOT_DEV, 2 * GiB) as vm:
+                    r['boot'] = vm.boot_seconds
+                    r['plug'] = guest_plug(vm, HOT_PLUG)
+                    t0 = time.monotonic()
+                    figs = memrun(vm, f'-m {HOT_MIB} -s {HOT_PASSES}')
+                    r['wall'] = time.monotonic() - t0
+                    r['fill'] = float(figs['fill'])
+                    r['sum'] = float(figs['seconds'])
+                    r['checksum'] = figs['checksum']
+            except Exception as exc:    # pylint: disable=broad-except
+                r['error'] = err_text(exc)
+            out.setdefault(cfg.key, []).append(r)
+            log(f'  tcg-hotpath run {run + 1} {cfg.key:7}: ' +
+                (f'FAILED: {r["error"]}' if 'error' in r else
+                 f'boot {r["boot"]:.2f} s, fill {r["fill"]:.2f} s, '
+                 f'checksum x{HOT_PASSES} {r["sum"]:.2f} s '
+                 f'({r["checksum"]})'))
+
+
 # -- 6. idle QEMU cost ---------------------------------------------------------------------
 
 def bench_idle_cost(cfgs, sizes, runs, res, per_page, accel):
@@ -856,6 +988,9 @@ def main():
     section('guest', lambda: bench_guest(
         [c for c in cfgs if c.key in ('stock', 'off', 'on')], GUEST_SIZES,
         runs, res))
+    # Each run boots a guest under TCG: fewer runs than elsewhere.
+    section('tcg-reset', lambda: bench_tcg_reset(cfgs, min(runs, 3), res))
+    section('tcg-hotpath', lambda: bench_tcg_hotpath(cfgs, runs, res))
     section('migration', lambda: bench_migration(
         cfgs, mig_cases(sizes), runs, res, args.migration_timeout))
     section('kvm-migration', lambda: bench_kvm_migration(

@@ -99,7 +99,7 @@ done
 
 # QEMU's own suites for the core code the series changes (dirty memory in
 # physmem, migration/ram, bitmaps, RCU), run the way QEMU runs them.
-UNITS=(test-bitmap test-bitops rcutorture test-rcu-list test-rcu-simpleq
+UNITS=(test-dirty-memory-block test-bitmap test-bitops rcutorture test-rcu-list test-rcu-simpleq
        test-rcu-slist test-rcu-tailq)
 unames=()
 for u in "${UNITS[@]}"; do unames+=("tests/unit/$u"); done
