@@ -967,6 +967,7 @@ def write(res, stem):
             L.append('')
     L += migration_section(res, made)
     L += kvm_migration_section(res)
+    L += tcg_sections(res)
     L += idle_cost_section(res, made)
     replaced = m.get('replaced', [])
     if chart_errors or res.get('crashed') or replaced:
@@ -1252,4 +1253,118 @@ def kvm_migration_section(res):
             'upstream 10.0 on:')
     if errs:
         L += ['Did not run:', ''] + errs + ['']
+    return L
+
+
+def tcg_reset_stats(res, key, size, metric):
+    rows = res.get('tcg-reset', {}).get(key, {}).get(str(size), [])
+    return (summary(r.get(metric) for r in rows if 'error' not in r),
+            first_error(rows))
+
+
+def tcg_hot_stats(res, key, metric):
+    rows = res.get('tcg-hotpath', {}).get(key, [])
+    return (summary(r.get(metric) for r in rows if 'error' not in r),
+            first_error(rows))
+
+
+def goal_line(what, a, b, bound):
+    """'what: a/b = r (goal <= bound): PASS|MISS' from two summaries."""
+    if not a or not b:
+        return f'- {what}: NOT MEASURED (a configuration was not run or failed)'
+    r = a['median'] / b['median']
+    return (f'- {what}: {r:.3f} (goal at most {bound}): '
+            f'{"PASS" if r <= bound else "MISS"}')
+
+
+def tcg_sections(res):
+    """## 7: TCG reset with translated code in plugged memory, hot path."""
+    L = []
+    lab = labels(res)
+    per = res.get('tcg-reset', {})
+    if per:
+        ks = [k for k in keys(res) if k in per]
+        sizes = sorted({int(s) for v in per.values() for s in v})
+        code = {r.get('code_pages') for v in per.values() for rows in v.values()
+                for r in rows if r.get('code_pages')}
+        L += ['## 7. TCG: system reset with code in plugged memory', '']
+        L.append('The test guest under TCG (`-m 4G`, boot RAM on NUMA node 0, a '
+                 '128 GiB `virtio-mem-pci` as node 1) plugs the given amount '
+                 '(`requested-size`, until `size` follows), runs code from every '
+                 '4 KiB page of 1 GiB of it (`/bin/memrun -x`, '
+                 f'{", ".join(str(c) for c in sorted(code))} pages: one '
+                 'translation per page), then QMP `system_reset`; time from the '
+                 'command to the `RESET` event. The device\'s reset handler is '
+                 'its unplug-all (`virtio_mem_unplug_all()`, what a guest\'s '
+                 'UNPLUG_ALL request runs), and every run checks `size` is 0 '
+                 'after it. The code is the same 1 GiB for both sizes (this '
+                 'host cannot populate 64 GiB); the cost should follow neither.')
+        L.append('')
+        cols = [(str(sz), f'{sz // GiB} GiB plugged') for sz in sizes]
+        head = ['config'] + [c[1] for c in cols]
+        errs = config_tables(
+            L, head, [(k, lab[k]) for k in ks], cols,
+            lambda k, c: tcg_reset_stats(res, k, int(c), 'reset'), fmt_secs,
+            [lambda c, r=r: tcg_reset_stats(res, r, int(c), 'reset')[0]
+             for r in ('off', 'stock', 'up-on')],
+            'Ratios: against patched off / against stock 7.2 / against '
+            'upstream 10.0 on:')
+        L.append('Goal (issue 17): patched on at most 1.1x patched off:')
+        L.append('')
+        for sz in sizes:
+            L.append(goal_line(f'{sz // GiB} GiB plugged, on / off',
+                               tcg_reset_stats(res, 'on', sz, 'reset')[0],
+                               tcg_reset_stats(res, 'off', sz, 'reset')[0],
+                               1.1))
+        L.append('')
+        L.append('Also measured: the guest\'s time to run the code (guest '
+                 'clock) and to plug:')
+        L.append('')
+        cols2 = [(f'{sz}:{m}', f'{sz // GiB} GiB: {what}') for sz in sizes
+                 for m, what in (('plug', 'plug'), ('code', 'run code'))]
+        errs += config_tables(
+            L, ['config'] + [c[1] for c in cols2], [(k, lab[k]) for k in ks],
+            cols2, lambda k, c: tcg_reset_stats(res, k, int(c.split(':')[0]),
+                                                c.split(':')[1]), fmt_secs)
+        if errs:
+            L += ['Did not run:', ''] + sorted(set(errs)) + ['']
+    per = res.get('tcg-hotpath', {})
+    if per:
+        ks = [k for k in keys(res) if k in per]
+        L += ['## 7b. TCG hot path: boot and a memory-heavy guest workload', '']
+        L.append('The test guest under TCG (`-m 2G`, boot RAM on node 0, a '
+                 '1 TiB `virtio-mem-pci` as node 1): boot (exec to the guest\'s '
+                 'ready marker), plug 2 GiB, then `/bin/memrun -s 4` in the '
+                 'plugged memory (bound to node 1, 4 KiB pages): fill 1 GiB '
+                 '(page faults, zeroing and one store per 8 bytes) and '
+                 'checksum it 4 times (one load and a multiply per 8 bytes), '
+                 'guest-clock seconds. Each run is a new VM; the '
+                 'configurations take turns.')
+        L.append('')
+        cols = [('boot', 'boot'), ('plug', 'plug 2 GiB'),
+                ('fill', 'fill 1 GiB'), ('sum', 'checksum 4 GiB read')]
+        head = ['config'] + [c[1] for c in cols]
+        errs = config_tables(
+            L, head, [(k, lab[k]) for k in ks], cols,
+            lambda k, c: tcg_hot_stats(res, k, c), fmt_secs,
+            [lambda c, r=r: tcg_hot_stats(res, r, c)[0]
+             for r in ('stock', 'up-on')],
+            'Ratios: against stock 7.2 / against upstream 10.0 on:')
+        sums = {r.get('checksum') for v in per.values() for r in v
+                if r.get('checksum')}
+        L.append(f'Checksums: {", ".join(sorted(sums))} '
+                 f'({"the same in every run" if len(sums) == 1 else "DIFFER"}).')
+        L.append('')
+        L.append('Goal (issue 17): patched at most 1.02x stock 7.2:')
+        L.append('')
+        for k in ('off', 'on'):
+            for c, what in cols:
+                if c == 'plug':
+                    continue
+                L.append(goal_line(f'{lab.get(k, k)}, {what}',
+                                   tcg_hot_stats(res, k, c)[0],
+                                   tcg_hot_stats(res, 'stock', c)[0], 1.02))
+        L.append('')
+        if errs:
+            L += ['Did not run:', ''] + errs + ['']
     return L

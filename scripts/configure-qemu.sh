@@ -2,6 +2,8 @@
 # Configure build/qemu for a lean x86_64-softmmu build in build/qemu/build.
 # Firmware comes from Debian's seabios, ipxe-qemu and qemu-system-data at their
 # installed paths, so build/bin/qemu-system-x86_64 runs without -L.
+# Replication is built for COLO (tests/cost/test_colo.py: a COLO secondary
+# with a virtio-mem device); it needs no library.
 # QEMU_DOCS=1 builds the docs as well (needs python3-sphinx, python3-sphinx-rtd-theme).
 # QEMU_SANITIZE=1 builds with AddressSanitizer and UBSan.
 # QEMU_SRC_DIR and QEMU_BUILD_DIR override the source tree and build directory.
@@ -22,6 +24,7 @@ cd "$bdir"
     --without-default-features \
     --enable-kvm --enable-tcg \
     --enable-slirp \
+    --enable-replication \
     --enable-vhost-user --enable-vhost-kernel --enable-vhost-net \
     --enable-tools \
     --disable-werror \

@@ -114,6 +114,7 @@ int main(int argc, char **argv)
         for (pass = 0; pass < passes; pass++) {
             for (k = 0; k < n; k++) {
                 sum = (sum ^ w[k]) * 0x100000001b3ULL;
+                sum ^= sum >> 32;
             }
         }
         t = now() - t0;
