@@ -147,7 +147,8 @@ def wait_holding(vm, what, timeout=120):
     """Wait until process A (smc -w) holds its code; returns its output."""
     dl = vm.deadline(timeout)
     while True:
-        _, out = vm.run(f'cat {A_OUT}', check=True)
+        # The background shell creates A_OUT itself: it may not exist yet.
+        _, out = vm.run(f'cat {A_OUT} 2>/dev/null; true', check=True)
         if re.search(r'^smc: waiting for SIGUSR1', out, re.M):
             return out
         if dl.expired() or re.search(r'^smc: (PASS|FAIL)$', out, re.M):
