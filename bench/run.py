@@ -281,7 +281,7 @@ def request_suite(vm, r, reps):
                                                       nblk)))
         r['unplug_1g'].append(timed(lambda: dev.request(vq.UNPLUG, dev.addr,
                                                         nblk)))
-    # The floor differs between QEMU instances (up to 3x in one run, for
+    # The floor differs between QEMU instances (up to 5x in one run, for
     # the same binary too): what the request itself costs is its time
     # less the STATE request just before it.
     r['plug_net'] = [p - s for p, s in zip(r['plug_1g'], r['state'])]
@@ -576,8 +576,9 @@ def bench_kvm_migration(cfgs, runs, res, timeout):
 # code from every page of TCG_CODE_MIB of it (the guest's /bin/memrun -x:
 # one translation per 4 KiB page), then QMP system_reset.  The device's
 # reset handler is its unplug-all (virtio_mem_unplug_all(), the function a
-# guest's UNPLUG_ALL request runs): with the series it drops the code
-# translated from the plugged memory, page run by page run.  The code is
+# guest's UNPLUG_ALL request runs).  An earlier patch 23 dropped the code
+# translated from the plugged memory there (1 s per GiB of code pages);
+# the series now leaves translations to the code client.  The code is
 # the same 1 GiB for both sizes: the host cannot populate 64 GiB, and the
 # cost should follow what has code, not what is plugged.
 TCG_RESET_SIZES = [16 * GiB, 64 * GiB]
