@@ -42,10 +42,16 @@ $(BDIR)/build.ninja: scripts/configure-qemu.sh | $(STAMP)/tree
 	scripts/configure-qemu.sh
 
 # ninja decides what to rebuild; with nothing changed it does no work.
+# The vhost-user backends built with the series' libvhost-user come along:
+# build/bin/qemu-storage-daemon and build/bin/virtiofsd.
+BACKENDS := storage-daemon/qemu-storage-daemon tools/virtiofsd/virtiofsd
 $(QEMU): $(STAMP)/tree $(BDIR)/build.ninja FORCE
-	ninja -C $(BDIR) qemu-system-x86_64
+	ninja -C $(BDIR) qemu-system-x86_64 $(BACKENDS)
 	@mkdir -p build/bin
-	@cmp -s $(BDIR)/qemu-system-x86_64 $@ || { cp $(BDIR)/qemu-system-x86_64 $@.tmp && mv $@.tmp $@ && echo "built $@"; }
+	@for f in qemu-system-x86_64 $(BACKENDS); do \
+	    b=build/bin/$$(basename $$f); \
+	    cmp -s $(BDIR)/$$f $$b || { cp $(BDIR)/$$f $$b.tmp && mv $$b.tmp $$b && echo "built $$b"; }; \
+	done
 
 # Developer workflow.
 export:

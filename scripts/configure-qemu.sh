@@ -4,6 +4,9 @@
 # installed paths, so build/bin/qemu-system-x86_64 runs without -L.
 # Replication is built for COLO (tests/cost/test_colo.py: a COLO secondary
 # with a virtio-mem device); it needs no library.
+# The vhost-user backends users run beside virtio-mem are built too, with the
+# series' libvhost-user: qemu-storage-daemon with its vhost-user-blk export,
+# and the C virtiofsd (needs libseccomp-dev and libcap-ng-dev).
 # QEMU_DOCS=1 builds the docs as well (needs python3-sphinx, python3-sphinx-rtd-theme).
 # QEMU_SANITIZE=1 builds with AddressSanitizer and UBSan.
 # QEMU_SRC_DIR and QEMU_BUILD_DIR override the source tree and build directory.
@@ -27,6 +30,8 @@ cd "$bdir"
     --enable-replication \
     --enable-vhost-user --enable-vhost-kernel --enable-vhost-net \
     --enable-tools \
+    --enable-vhost-user-blk-server \
+    --enable-virtiofsd --enable-seccomp --enable-cap-ng \
     --disable-werror \
     --firmwarepath=/usr/share/qemu:/usr/share/seabios:/usr/lib/ipxe/qemu \
     $docs $extra

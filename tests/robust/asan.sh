@@ -8,11 +8,11 @@
 #   - one real-guest plug/unplug cycle (tests/robust/guest_cycle.py, TCG)
 # and fail on any sanitizer report ("runtime error:", AddressSanitizer,
 # LeakSanitizer) in their output.
-# Usage: asan.sh FUZZER VHOST_TEST VUB32 VUB509 VUB1024 [OUTDIR]
+# Usage: asan.sh FUZZER VHOST_TEST VUB32 VUB64 VUB509 VUB1024 [OUTDIR]
 set -u
-fuzz=$1 vhost=$2 vub32=$3 vub509=$4 vub1024=$5
+fuzz=$1 vhost=$2 vub32=$3 vub64=$4 vub509=$5 vub1024=$6
 top=$(cd "$(dirname "$0")/../.." && pwd)
-out=${6:-$top/build/robust}/asan
+out=${7:-$top/build/robust}/asan
 src=${ROBUST_ASAN_SRC:-$top/build/qemu}
 bdir=${ROBUST_ASAN_BUILD:-$src/build-asan}
 mkdir -p "$out"
@@ -63,7 +63,7 @@ step virtio-mem-test env QTEST_QEMU_BINARY="$qemu" "$bdir/tests/qtest/virtio-mem
 step fuzz-short env QTEST_QEMU_BINARY="$qemu" FUZZ_SEED="${ROBUST_SEED:-1}" FUZZ_ONLY=1 \
     FUZZ_REQUESTS="${ROBUST_ASAN_REQUESTS:-10000}" FUZZ_SEQ_LEN=1000 \
     FUZZ_CHECK_EVERY=100 "$fuzz"
-step vhost-user env QTEST_QEMU_BINARY="$qemu" VHOST_USER_BLK_32="$vub32" \
+step vhost-user env QTEST_QEMU_BINARY="$qemu" VHOST_USER_BLK_32="$vub32" VHOST_USER_BLK_64="$vub64" \
     VHOST_USER_BLK_509="$vub509" VHOST_USER_BLK_1024="$vub1024" "$vhost"
 # Error exits leak by design (QEMU exits without freeing): no leak check here
 step configs env ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 ROBUST_SANITIZERS=1 \

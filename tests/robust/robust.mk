@@ -72,8 +72,8 @@ fuzz-nightly: $(ROBUST_FUZZ)
 	    | grep --line-buffered -v '^# starting QEMU' \
 	    | tee $(ROBUST_OUT)/fuzz-nightly.log
 
-ROBUST_VUB := $(ROBUST_OUT)/vhost-user-blk-32 $(ROBUST_OUT)/vhost-user-blk-509 \
-	$(ROBUST_OUT)/vhost-user-blk-1024
+ROBUST_VUB := $(ROBUST_OUT)/vhost-user-blk-32 $(ROBUST_OUT)/vhost-user-blk-64 \
+	$(ROBUST_OUT)/vhost-user-blk-509 $(ROBUST_OUT)/vhost-user-blk-1024
 
 # The short parts, for 'make check' (tests/run.sh runs this target).
 check-robust: $(ROBUST_FUZZ) $(ROBUST_VHOST) $(ROBUST_VUB)
@@ -90,14 +90,15 @@ robust-doc:
 # vhost-user test backends: the tree's contrib vhost-user-blk with the tree's
 # libvhost-user, built outside the tree with the backend's debug log on (it
 # prints every region it is given) and with VHOST_USER_MAX_RAM_SLOTS at 32
-# (7.2's value), 509 (a backend that can coexist with dynamic memslots) or
+# (7.2's value), 64 (the vhost kernel module's default, for vhost-net's
+# decision path), 509 (a backend that can coexist with dynamic memslots) or
 # 1024 (more than QEMU's cap of 512).
 ROBUST_VUB_SRC := $(ROBUST_S)/subprojects/libvhost-user
 $(ROBUST_OUT)/vhost-user-blk-%: $(ROBUST_VUB_SRC)/libvhost-user.c $(ROBUST_S)/contrib/vhost-user-blk/vhost-user-blk.c | $(QEMU)
 	@mkdir -p $@.d/include
 	cp $(ROBUST_VUB_SRC)/libvhost-user*.[ch] $@.d/
 	cp -L $(ROBUST_VUB_SRC)/include/*.h $@.d/include/
-	sed -i -e 's/^#define VHOST_USER_MAX_RAM_SLOTS 32$$/#define VHOST_USER_MAX_RAM_SLOTS $*/' $@.d/libvhost-user.h
+	sed -i -e 's/^#define VHOST_USER_MAX_RAM_SLOTS [0-9]*$$/#define VHOST_USER_MAX_RAM_SLOTS $*/' $@.d/libvhost-user.h
 	sed -i -e 's/^#define LIBVHOST_USER_DEBUG 0$$/#define LIBVHOST_USER_DEBUG 1/' $@.d/libvhost-user.c
 	grep -q 'VHOST_USER_MAX_RAM_SLOTS $*$$' $@.d/libvhost-user.h
 	grep -q 'LIBVHOST_USER_DEBUG 1$$' $@.d/libvhost-user.c

@@ -5,10 +5,10 @@
 #   2. the bad-configuration table (tests/robust/configs.tsv), and that
 #      docs/robustness.md shows it
 #   3. vhost-user interplay (tests/robust/vhost/vhost-user-memslots.c)
-# Usage: run.sh QEMU FUZZER VHOST_TEST VUB32 VUB509 VUB1024 [OUTDIR]
+# Usage: run.sh QEMU FUZZER VHOST_TEST VUB32 VUB64 VUB509 VUB1024 [OUTDIR]
 # Ends with one line "robust: N passed, N failed, N skipped".
 set -u
-qemu=$1 fuzz=$2 vhost=$3 vub32=$4 vub509=$5 vub1024=$6 out=${7:-build/robust}
+qemu=$1 fuzz=$2 vhost=$3 vub32=$4 vub64=$5 vub509=$6 vub1024=$7 out=${8:-build/robust}
 top=$(cd "$(dirname "$0")/../.." && pwd)
 mkdir -p "$out"
 passed=0 failed=0 skipped=0
@@ -65,7 +65,7 @@ else
 fi
 run robust-configs summary python3 "$top/tests/robust/configs.py" \
     --qemu "$qemu" --check-doc "$top/docs/robustness.md"
-run robust-vhost tap env QTEST_QEMU_BINARY="$qemu" VHOST_USER_BLK_32="$vub32" \
+run robust-vhost tap env QTEST_QEMU_BINARY="$qemu" VHOST_USER_BLK_32="$vub32" VHOST_USER_BLK_64="$vub64" \
     VHOST_USER_BLK_509="$vub509" VHOST_USER_BLK_1024="$vub1024" "$vhost"
 echo "robust: $passed passed, $failed failed, $skipped skipped"
 [ "$failed" = 0 ]
