@@ -5,7 +5,7 @@
 #
 #   build/guest/vmlinuz         the kernel
 #   build/guest/initrd.img      gzip'd newc cpio: busybox + virtio(-mem) modules + /init
-#                               + /bin/smc, /bin/memrun (tests/e2e/guest/NAME.c, gcc -static)
+#                               + /bin/smc, /bin/memrun, /bin/dio (tests/e2e/guest/NAME.c, gcc -static)
 #   build/guest/kernel-version  "<package> <package version> <uname -r>"
 #
 # Packages are fetched with scripts/private-apt.sh (the system's apt config is
@@ -24,10 +24,11 @@ set -eu
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 APT="$ROOT/scripts/private-apt.sh"
 OUT="$ROOT/build/guest"
-MODULES="virtio virtio_ring virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_mem"
+MODULES="virtio virtio_ring virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_mem
+         virtio_blk fuse virtiofs"
 
 # Static helpers built from tests/e2e/guest/NAME.c into the guest's /bin/NAME.
-HELPERS="smc memrun"
+HELPERS="smc memrun dio"
 
 # The cache is also invalidated when this script (e.g. the guest's /init) or
 # a helper's source changes.

@@ -71,6 +71,7 @@ class TestCtx(suite.Ctx):
     def __init__(self, name):
         super().__init__(name)
         self._handed = {}
+        self.cleanups = []      # called (last first) after the test's VMs
 
     def note(self, msg):
         """A finding worth repeating in the final summary."""
@@ -153,6 +154,15 @@ class E2ESuite(suite.Suite):
             HANDOVER.update(t._handed)
         else:
             t.vms += [vm for vm, _ in t._handed.values()]
+
+    def cleanup(self, t):
+        """The test's other processes (vhost-user backends) and files."""
+        while t.cleanups:
+            fn = t.cleanups.pop()
+            try:
+                fn()
+            except Exception as exc:  # pylint: disable=broad-except
+                print(f'    cleanup {fn} failed: {exc}')
 
     def finish(self, results):
         """Kill the VMs handed over that no test took."""
