@@ -65,7 +65,9 @@ else
 fi
 run robust-configs summary python3 "$top/tests/robust/configs.py" \
     --qemu "$qemu" --check-doc "$top/docs/robustness.md"
-run robust-vhost tap env QTEST_QEMU_BINARY="$qemu" VHOST_USER_BLK_32="$vub32" VHOST_USER_BLK_64="$vub64" \
-    VHOST_USER_BLK_509="$vub509" VHOST_USER_BLK_1024="$vub1024" "$vhost"
+run robust-vhost tap env QTEST_QEMU_BINARY="$qemu" VHOST_USER_BLK_32="$vub32" \
+    VHOST_USER_BLK_64="$vub64" VHOST_USER_BLK_509="$vub509" \
+    VHOST_USER_BLK_1024="$vub1024" \
+    QSD_BINARY="${QSD_BINARY:-$top/build/bin/qemu-storage-daemon}" "$vhost"
 echo "robust: $passed passed, $failed failed, $skipped skipped"
 [ "$failed" = 0 ]

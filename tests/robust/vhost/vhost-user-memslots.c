@@ -40,9 +40,13 @@
  *    memory slots are used than it supports is refused with the numbers;
  *    memory without an fd is not counted against vhost-user.
  *
+ *  - qsd-top-of-1t: the project's qemu-storage-daemon maps the top memslot
+ *    of a 1 TiB device alone, from its offset in the memfd.
+ *
  * Environment: QTEST_QEMU_BINARY, VHOST_USER_BLK_32, VHOST_USER_BLK_64,
- * VHOST_USER_BLK_509, VHOST_USER_BLK_1024 (backend binaries; with the last one, also check that
- * vhost-user is capped at 512 memslots).
+ * VHOST_USER_BLK_509, VHOST_USER_BLK_1024 (backend binaries; with the last
+ * one, also check that vhost-user is capped at 512 memslots), QSD_BINARY
+ * (the project's qemu-storage-daemon, for qsd-top-of-1t).
  */
 
 #include "qemu/osdep.h"
@@ -84,7 +88,9 @@ static unsigned backend_count;
 
 static Backend *backend_start(unsigned slots)
 {
-    g_autofree char *env = g_strdup_printf("VHOST_USER_BLK_%u", slots);
+    /* 0: the project's qemu-storage-daemon with a vhost-user-blk export */
+    g_autofree char *env = slots ? g_strdup_printf("VHOST_USER_BLK_%u", slots)
+                                 : g_strdup("QSD_BINARY");
     const char *bin = g_getenv(env);
     Backend *b = g_new0(Backend, 1);
     g_autofree char *img = NULL;
@@ -99,8 +105,16 @@ static Backend *backend_start(unsigned slots)
     backend_count++;
     g_assert_true(g_file_set_contents(img, "", 0, NULL));
     g_assert_cmpint(truncate(img, MiB), ==, 0);
-    cmd = g_strdup_printf("exec %s -s %s -b %s >%s 2>&1", bin, b->sock, img,
-                          b->log);
+    if (slots) {
+        cmd = g_strdup_printf("exec %s -s %s -b %s >%s 2>&1", bin, b->sock,
+                              img, b->log);
+    } else {
+        cmd = g_strdup_printf("exec %s --blockdev driver=file,node-name=f0,"
+                              "filename=%s --export type=vhost-user-blk,"
+                              "id=e0,node-name=f0,writable=on,addr.type=unix,"
+                              "addr.path=%s >%s 2>&1", bin, img, b->sock,
+                              b->log);
+    }
     {
         char *argv[] = { (char *)"/bin/sh", (char *)"-c", cmd, NULL };
 
@@ -856,6 +870,100 @@ static void test_cap_512(void)
     vm_quit_with_backend(vm, b);
 }
 
+/*
+ * The mappings of memfds in process @pid: "offset+size" in address order,
+ * e.g. "ff00000000+100000000,0+40000000"
+ */
+static char *memfd_maps(GPid pid, uint64_t *vm_size)
+{
+    g_autofree char *path = g_strdup_printf("/proc/%d/maps", (int)pid);
+    g_autofree char *spath = g_strdup_printf("/proc/%d/status", (int)pid);
+    g_autofree char *text = NULL, *status = NULL;
+    g_auto(GStrv) lines = NULL;
+    GString *s = g_string_new("");
+    const char *p;
+    unsigned i;
+
+    g_assert_true(g_file_get_contents(path, &text, NULL, NULL));
+    lines = g_strsplit(text, "\n", -1);
+    for (i = 0; lines[i]; i++) {
+        uint64_t lo, hi, off;
+
+        if (strstr(lines[i], "/memfd:") &&
+            sscanf(lines[i], "%" SCNx64 "-%" SCNx64 " %*s %" SCNx64, &lo, &hi,
+                   &off) == 3) {
+            g_string_append_printf(s, "%s%" PRIx64 "+%" PRIx64,
+                                   s->len ? "," : "", off, hi - lo);
+        }
+    }
+    g_assert_true(g_file_get_contents(spath, &status, NULL, NULL));
+    p = strstr(status, "VmSize:");
+    g_assert_nonnull(p);
+    *vm_size = g_ascii_strtoull(p + strlen("VmSize:"), NULL, 10) * KiB;
+    return g_string_free(s, false);
+}
+
+/*
+ * The project's qemu-storage-daemon beside a 1 TiB device with 256
+ * memslots of 4 GiB: plugging the device's last block maps only the last
+ * memslot, from its offset in the memfd (7.2's libvhost-user mapped the
+ * memfd from offset 0, i.e. the whole 1 TiB for that region).
+ */
+static bool has_token(const char *list, const char *token)
+{
+    g_auto(GStrv) tokens = g_strsplit(list, ",", -1);
+
+    return g_strv_contains((const gchar * const *)tokens, token);
+}
+
+static void test_qsd_top_of_1t(void)
+{
+    Backend *b = backend_start(0);
+    VM *vm;
+    QVirtioMem *vmem;
+    QVirtioMemConfig c;
+    QVirtioPCIDevice *vub;
+    QVirtQueue *vq;
+    g_autofree char *maps0 = NULL, *maps1 = NULL, *maps2 = NULL;
+    uint64_t size0, size1, size2;
+
+    vm = vm_start("q35", "-m 1G,maxmem=1025G "
+                  "-chardev socket,id=c0,path=%s "
+                  "-device vhost-user-blk-pci,id=vub0,chardev=c0,"
+                  "addr=05.0,num-queues=1 "
+                  VMEM_ARGS("0", "1T", ""), b->sock);
+    g_assert_cmpint(device_memslots(vm->qts, "vm0"), ==, 256);
+    vub = vub_driver_start(vm, QPCI_DEVFN(5, 0), &vq);
+    vmem = qvirtio_mem_pci_init(vm->qts, vm->bus, &vm->alloc,
+                                QPCI_DEVFN(4, 0));
+    qvirtio_mem_get_config(vmem, &c);
+    maps0 = memfd_maps(b->pid, &size0);
+    g_test_message("boot memory only: %s, VmSize %" PRIu64, maps0, size0);
+
+    /* the last block: memslot 255, at 1020 GiB into the memfd */
+    plug(vmem, c.addr + TiB - c.block_size, 1);
+    maps1 = memfd_maps(b->pid, &size1);
+    g_test_message("last block plugged: %s, VmSize %" PRIu64, maps1, size1);
+    g_assert_true(has_token(maps1, "ff00000000+100000000"));
+    g_assert_cmpuint(size1 - size0, ==, 4 * GiB);
+
+    /* and the first: memslot 0 */
+    plug(vmem, c.addr, 1);
+    maps2 = memfd_maps(b->pid, &size2);
+    g_test_message("first block too: %s, VmSize %" PRIu64, maps2, size2);
+    g_assert_true(has_token(maps2, "0+100000000"));
+    g_assert_true(has_token(maps2, "ff00000000+100000000"));
+    g_assert_cmpuint(size2 - size0, ==, 8 * GiB);
+
+    /* unplug-all: both mappings go */
+    g_assert_cmpuint(qvirtio_mem_unplug_all(vmem), ==, VIRTIO_MEM_RESP_ACK);
+    g_free(maps1);
+    maps1 = memfd_maps(b->pid, &size1);
+    g_test_message("unplugged all: %s, VmSize %" PRIu64, maps1, size1);
+    g_assert_cmpstr(maps1, ==, maps0);
+    test_finish(vm, b, vmem, vub, vq);
+}
+
 int main(int argc, char **argv)
 {
     unsigned i;
@@ -884,6 +992,10 @@ int main(int argc, char **argv)
                    test_plug_after_memory);
     qtest_add_func("/robust/vhost-user/failed-hotplug",
                    test_failed_hotplug);
+    if (g_getenv("QSD_BINARY")) {
+        qtest_add_func("/robust/vhost-user/qsd-top-of-1t",
+                       test_qsd_top_of_1t);
+    }
     if (g_getenv("VHOST_USER_BLK_1024")) {
         qtest_add_func("/robust/vhost-user/cap-512", test_cap_512);
     }
