@@ -52,8 +52,8 @@ scripts/install-deps.sh base/deb-build-deps.txt
 scripts/fetch-base.sh
 
 # Nothing to do if build/deb holds the packages of this version and series
-# (remove build/deb to force a rebuild, e.g. after changing this script).
-inputs=$( { echo "$version $builds"; cat patches/series
+# (this script and packaging/ count too; remove build/deb to force a rebuild).
+inputs=$( { echo "$version $builds"; cat "$0" packaging/qemu-vhost.conf patches/series
             for p in $(grep -v '^#' patches/series); do cat "patches/$p"; done; } |
           sha256sum | cut -d' ' -f1)
 if [ -f "$out/.inputs" ] && [ "$(cat "$out/.inputs")" = "$inputs" ] &&
@@ -87,6 +87,11 @@ for p in $(grep -v '^#' patches/series); do
 done
 count=$(grep -vc '^#' patches/series)
 
+# The vhost module option for vhost-net beside dynamic memslots, as a conffile
+# of qemu-system-common: /etc/modprobe.d/qemu-vhost.conf.
+cp packaging/qemu-vhost.conf "$tree/debian/qemu-vhost.conf"
+echo "debian/qemu-vhost.conf etc/modprobe.d/" >> "$tree/debian/qemu-system-common.install"
+
 # 5. The changelog entry naming the series.
 maint=${DEBFULLNAME:-virtio-mem dynamic-memslots series}
 email=${DEBEMAIL:-vmem@localhost}
@@ -96,6 +101,9 @@ email=${DEBEMAIL:-vmem@localhost}
     echo "  * Local build with the virtio-mem dynamic-memslots series: $count patches"
     echo "    in debian/patches/vmem/, appended to debian/patches/series:"
     printf '%s' "$subjects"
+    echo "  * qemu-system-common: /etc/modprobe.d/qemu-vhost.conf sets the vhost"
+    echo "    module's max_mem_regions to 509, so that vhost-net leaves virtio-mem"
+    echo "    devices their dynamic memslots."
     echo "  * Arch-only build restricted to the i386 and x86_64 system targets"
     echo "    (debian/rules builds: $builds)."
     echo

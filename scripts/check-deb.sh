@@ -12,9 +12,16 @@
 #   3. bookworm's libvirt 9.0, installed in the chroot, drives that QEMU with
 #      the README's XML (tests/libvirt/run.py --leg bookworm, run inside the
 #      chroot);
+#   1b. /etc/modprobe.d/qemu-vhost.conf (max_mem_regions=509) is a conffile
+#      of qemu-system-common; the installed qemu-storage-daemon and virtiofsd
+#      answer 509 to VHOST_USER_GET_MAX_MEM_SLOTS
+#      (scripts/vhost-user-slots.py);
 #   4. apt downgrades back to the stock version; dpkg -V finds nothing
-#      changed, the stock binary is back (no dynamic-memslots) and a guest
-#      with a virtio-mem device starts.
+#      changed, the stock binary is back (no dynamic-memslots), the stock
+#      backends answer 32, qemu-vhost.conf stays as an obsolete conffile
+#      (dpkg keeps conffiles a downgrade drops), and a guest with a
+#      virtio-mem device starts; apt-get purge qemu-system-common then
+#      removes qemu-vhost.conf.
 #
 # The host's packages and apt configuration are untouched. The base system
 # (debootstrap --variant=minbase of the codename, from the Debian mirror the
@@ -181,6 +188,56 @@ case "$v" in
 *) fail "/usr/bin/qemu-system-x86_64 --version: $v" ;;
 esac
 
+# -- 1b. vhost: the modprobe option, the backends' memslots -------------------
+conf=/etc/modprobe.d/qemu-vhost.conf
+check_conffile() {  # check_conffile WHEN WANT(current|obsolete)
+    line=$(in_root dpkg-query -W -f '${Conffiles}\n' qemu-system-common |
+           grep " $conf " || true)
+    case "$2:$line" in
+    current:*obsolete*|current:) fail "$1: $conf is not a conffile of qemu-system-common: '$line'" ;;
+    current:*) pass "$1: $conf is a conffile of qemu-system-common" ;;
+    obsolete:*obsolete*) pass "$1: $conf stays, as an obsolete conffile of qemu-system-common ($line)" ;;
+    *) fail "$1: $conf: conffile entry '$line', want an obsolete one" ;;
+    esac
+}
+if in_root grep -qx 'options vhost max_mem_regions=509' "$conf"; then
+    pass "$conf sets max_mem_regions=509"
+else
+    fail "$conf: $(in_root cat "$conf" 2>&1 | tail -n 1)"
+fi
+owner=$(in_root dpkg -S "$conf" 2>/dev/null | cut -d: -f1)
+[ "$owner" = qemu-system-common ] && pass "dpkg -S $conf: $owner" ||
+    fail "dpkg -S $conf: '$owner'"
+check_conffile "installed" current
+probe_backend() {   # probe_backend NAME WANT COMMAND...: the backend's memslots
+    name=$1 want=$2; shift 2
+    rm -f "$tmp/probe.sock"
+    in_root "$@" > "$tmp/probe.log" 2>&1 &
+    bpid=$!
+    i=0
+    while [ ! -S "$tmp/probe.sock" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+    got=$(python3 scripts/vhost-user-slots.py "$tmp/probe.sock" 2>&1 || true)
+    kill $bpid 2>/dev/null || true
+    wait $bpid 2>/dev/null || true
+    # chroot's child may outlive the chroot process
+    pkill -f "$tmp/probe.sock" 2>/dev/null || true
+    if [ "$got" = "$want" ]; then
+        pass "$name accepts $got memory regions"
+    else
+        fail "$name: VHOST_USER_GET_MAX_MEM_SLOTS -> '$got', want $want ($(tail -n 2 "$tmp/probe.log"))"
+    fi
+}
+probe_backends() {  # probe_backends WHEN WANT
+    truncate -s 16M "$tmp/probe.img"
+    mkdir -p "$tmp/probe-dir"
+    probe_backend "$1 /usr/bin/qemu-storage-daemon" "$2" /usr/bin/qemu-storage-daemon \
+        --blockdev "driver=file,node-name=f0,filename=$tmp/probe.img" \
+        --export "type=vhost-user-blk,id=e0,node-name=f0,addr.type=unix,addr.path=$tmp/probe.sock"
+    probe_backend "$1 /usr/lib/qemu/virtiofsd" "$2" /usr/lib/qemu/virtiofsd \
+        "--socket-path=$tmp/probe.sock" -o "source=$tmp/probe-dir" -o sandbox=chroot
+}
+probe_backends "built" 509
+
 # -- 2. the real-guest smoke test, QEMU from the chroot -------------------------
 wrapper=$work/bin/qemu-system-x86_64
 mkdir -p "$work/bin"
@@ -281,6 +338,13 @@ case "$v" in
 *"(Debian $stock)"*) pass "/usr/bin/qemu-system-x86_64 --version: $v" ;;
 *) fail "/usr/bin/qemu-system-x86_64 --version after the downgrade: $v" ;;
 esac
+check_conffile "after the downgrade" obsolete
+if in_root grep -qx 'options vhost max_mem_regions=509' "$conf"; then
+    pass "after the downgrade $conf still sets max_mem_regions=509 (harmless for the stock QEMU)"
+else
+    fail "after the downgrade: $conf is gone or changed"
+fi
+probe_backends "stock" 32
 out=$(in_root /usr/bin/qemu-system-x86_64 -device virtio-mem-pci,help 2>&1 || true)
 if echo "$out" | grep -q 'unplugged-inaccessible' &&
    ! echo "$out" | grep -q 'dynamic-memslots'; then
@@ -317,6 +381,19 @@ if out=$(TMPDIR=$tmp PYTHONPATH=$pydir nice -n 10 python3 "$work/stock-guest.py"
 else
     echo "$out" | tail -n 30
     fail "a guest on the stock $stock after the downgrade"
+fi
+
+say "apt-get purge qemu-system-common (and what depends on it)"
+if in_root apt-get -q -y purge qemu-system-common >> "$work/apt.log" 2>&1; then
+    pass "apt-get purge qemu-system-common"
+else
+    tail -n 20 "$work/apt.log"
+    fail "apt-get purge qemu-system-common (log: $work/apt.log)"
+fi
+if in_root test -e "$conf"; then
+    fail "$conf is still there after the purge"
+else
+    pass "the purge removed $conf"
 fi
 
 cleanup

@@ -2,7 +2,7 @@
 backends, the project's own qemu-storage-daemon (vhost-user-blk export) and
 virtiofsd, built with the series' libvhost-user (509 memory regions, each
 mapped from its own offset in the memory backend's file), and Debian's stock
-qemu-storage-daemon (32 regions).
+qemu-storage-daemon and virtiofsd (32 regions).
 
 The guest's /bin/dio (tests/e2e/guest/dio.c) writes and reads a pattern with
 O_DIRECT from a buffer whose every page it checks to lie in the device's
@@ -146,11 +146,12 @@ def qsd(t, binary, workdir, name='qsd'):
     return b
 
 
-def virtiofsd(t, workdir):
+def virtiofsd(t, workdir, binary=None):
     shared = os.path.join(workdir, 'shared')
     os.mkdir(shared)
     sock = os.path.join(workdir, 'vfs.sock')
-    b = Backend(t, 'virtiofsd', [OWN_VIRTIOFSD, f'--socket-path={sock}',
+    b = Backend(t, 'virtiofsd', [binary or OWN_VIRTIOFSD,
+                                 f'--socket-path={sock}',
                                  '-o', f'source={shared}', '-o', 'cache=none',
                                  '-o', 'sandbox=chroot'], sock)
     b.dir = shared
@@ -331,27 +332,64 @@ def t9c(t):
     dio(t, vm, 'read', '/mnt/fs/f22', 0, 192, 22, base, base + 256 * MiB)
 
 
-@test('9d-vhost-stock-qsd-32-slots-both-orders')
+STOCK_VIRTIOFSD = os.environ.get('STOCK_VIRTIOFSD') or os.path.join(
+    ROOT, 'build', 'peers', 'stock-7.2', 'usr', 'lib', 'qemu', 'virtiofsd')
+
+
+def probe_slots(b):
+    """The backend's answer to VHOST_USER_GET_MAX_MEM_SLOTS."""
+    out = subprocess.run([os.path.join(ROOT, 'scripts', 'vhost-user-slots.py'),
+                          b.sock], capture_output=True, text=True, timeout=30,
+                         check=False)
+    if out.returncode != 0:
+        raise Failure(f'vhost-user-slots.py {b.sock}: {out.stderr.strip()}')
+    return int(out.stdout)
+
+
+@test('9d-vhost-stock-backends-32-slots-both-orders')
 def t9d(t):
-    """Debian's stock qemu-storage-daemon (32 memory regions): the VM starts
-    in either order, the device gets one memslot, with one warning."""
-    if not os.access(STOCK_QSD, os.X_OK):
-        raise Skip(f'{STOCK_QSD} is missing: run scripts/fetch-stock-qemu.sh')
-    for device_first in (True, False):
-        wd = workdir_for(t)
-        blk = qsd(t, STOCK_QSD, wd, name='stock-qsd')
-        vm = t.vm(memory='1G', maxmem='1025G', wait=False,
-                  machine=f'{MACHINE},memory-backend=ram0',
-                  extra_args=CPU + ['-S'] + memfd_args('ram0', '1G')
-                  + (memfd_args('mem0', '1T') + vmem() + blk_args(blk)
-                     if device_first else
-                     blk_args(blk) + memfd_args('mem0', '1T') + vmem()))
-        info = device_info(vm, 'vmem0')
-        out = vm.qemu_output()
-        warnings = WARN_RE.findall(out)
-        order = 'device first' if device_first else 'vhost first'
-        t.log(f'{order}: memslots {info["memslots"]}; {out.strip()!r}')
-        t.eq(info['memslots'], 1, f'{order}: memslots')
-        t.eq(warnings, [('256', 'blk0', '32')], f'{order}: warnings')
-        t.kill(vm)
-        blk.stop()
+    """Debian's stock qemu-storage-daemon and virtiofsd (libvhost-user of
+    7.2: 32 memory regions): the VM starts in either order, the device gets
+    one memslot, with one warning naming the backend; ours answer 509."""
+    for path in (STOCK_QSD, STOCK_VIRTIOFSD):
+        if not os.access(path, os.X_OK):
+            raise Skip(f'{path} is missing: run scripts/fetch-stock-qemu.sh')
+    own_backends_or_skip()
+    wd = workdir_for(t)
+    for name, make, want in (
+            ('stock qemu-storage-daemon', lambda d: qsd(t, STOCK_QSD, d,
+                                                        'stock-qsd'), 32),
+            ('stock virtiofsd', lambda d: virtiofsd(t, d, STOCK_VIRTIOFSD),
+             32),
+            ('our qemu-storage-daemon', lambda d: qsd(t, OWN_QSD, d), 509),
+            ('our virtiofsd', lambda d: virtiofsd(t, d), 509)):
+        d = tempfile.mkdtemp(dir=wd)
+        b = make(d)
+        got = probe_slots(b)
+        t.log(f'{name}: VHOST_USER_GET_MAX_MEM_SLOTS -> {got}')
+        t.eq(got, want, f'{name}: memory regions it accepts')
+        b.stop()
+    for kind in ('qsd', 'virtiofsd'):
+        for device_first in (True, False):
+            d = tempfile.mkdtemp(dir=wd)
+            if kind == 'qsd':
+                b = qsd(t, STOCK_QSD, d, name='stock-qsd')
+                vhost, chardev = blk_args(b), 'blk0'
+            else:
+                b = virtiofsd(t, d, STOCK_VIRTIOFSD)
+                vhost, chardev = fs_args(b), 'fs0'
+            dev = memfd_args('mem0', '1T') + vmem()
+            vm = t.vm(memory='1G', maxmem='1025G', wait=False,
+                      machine=f'{MACHINE},memory-backend=ram0',
+                      extra_args=CPU + ['-S'] + memfd_args('ram0', '1G')
+                      + (dev + vhost if device_first else vhost + dev))
+            info = device_info(vm, 'vmem0')
+            out = vm.qemu_output()
+            order = 'device first' if device_first else 'vhost first'
+            t.log(f'stock {kind}, {order}: memslots {info["memslots"]}; '
+                  f'{out.strip()!r}')
+            t.eq(info['memslots'], 1, f'stock {kind}, {order}: memslots')
+            t.eq(WARN_RE.findall(out), [('256', chardev, '32')],
+                 f'stock {kind}, {order}: warnings')
+            t.kill(vm)
+            b.stop()
