@@ -45,10 +45,12 @@ import json
 import os
 import platform
 import re
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 
@@ -57,7 +59,7 @@ sys.path.insert(0, HERE)
 
 # pylint: disable=wrong-import-position
 import lib  # noqa: E402
-from lib import GiB, MiB, TiB, VM, VMStartError  # noqa: E402
+from lib import KiB, GiB, MiB, TiB, VM, VMStartError  # noqa: E402
 import vmemqtest as vq  # noqa: E402
 import report  # noqa: E402
 
@@ -72,7 +74,7 @@ HEADROOM = 4 * GiB
 META_PER_PAGE_DEFAULT = 10.05      # bytes per 4 KiB, refined by item 2
 
 DEV = '/machine/peripheral/vmem0'
-SECTIONS = ['idle', 'plugged', 'memslot-size', 'requests', 'guest',
+SECTIONS = ['idle', 'plugged', 'memslot-size', 'vhost', 'requests', 'guest',
             'kvm-migration', 'tcg-reset', 'tcg-hotpath',
             'migration', 'idle-cost']
 
@@ -782,6 +784,190 @@ def bench_memslot(cfg, runs, reps, res):
 
 # -- quick (CI) check ---------------------------------------------------------------------
 
+# -- 8. vhost-user backends ----------------------------------------------------
+
+VHOST_SIZES = [1 * GiB, 16 * GiB]
+VHOST_CFGS = ('stock', 'on', 'up-on')
+
+
+def qsd_binaries():
+    """The vhost-user-blk backends compared: ours (the series'
+    libvhost-user) and Debian's stock qemu-storage-daemon."""
+    return {'own': os.path.join(lib.ROOT, 'build', 'bin',
+                                'qemu-storage-daemon'),
+            'stock': os.path.join(lib.STOCK_DIR, 'usr', 'bin',
+                                  'qemu-storage-daemon')}
+
+
+class Qsd:
+    """qemu-storage-daemon exporting a small file as vhost-user-blk."""
+
+    def __init__(self, binary, workdir):
+        self.sock = os.path.join(workdir, 'vub.sock')
+        img = os.path.join(workdir, 'vub.img')
+        with open(img, 'wb') as f:
+            f.truncate(64 * MiB)
+        self.proc = subprocess.Popen(  # pylint: disable=consider-using-with
+            [binary, '--blockdev', f'driver=file,node-name=f0,filename={img}',
+             '--export', 'type=vhost-user-blk,id=e0,node-name=f0,'
+             f'addr.type=unix,addr.path={self.sock}'],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while not os.path.exists(self.sock):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f'{binary} did not create {self.sock}')
+            time.sleep(0.05)
+
+    def status(self, field):
+        with open(f'/proc/{self.proc.pid}/status') as f:
+            for line in f:
+                if line.startswith(field + ':'):
+                    return int(line.split()[1]) * 1024
+        return None
+
+    def memfd_maps(self):
+        n = 0
+        with open(f'/proc/{self.proc.pid}/maps') as f:
+            for line in f:
+                n += '/memfd:' in line
+        return n
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
+def halt_bios(workdir):
+    """A 64 KiB "BIOS" whose reset vector halts the vCPU (cli; hlt; jmp
+    back): the VM can run, which vhost devices need to start their backend,
+    without firmware touching the devices the qtest driver set up."""
+    path = os.path.join(workdir, 'halt.bin')
+    with open(path, 'wb') as f:
+        f.write(bytes(64 * KiB - 16) + bytes([0xfa, 0xf4, 0xeb, 0xfd])
+                + bytes(12))
+    return path
+
+
+def vhost_args(cfg, sock, dev_size, props, bios):
+    """A KVM VM (started paused, run once the qtest driver set up the
+    vhost-user-blk function) with a halting BIOS, boot RAM and the device as
+    shared memfds (vhost-user needs them), the vhost-user-blk device first
+    (upstream refuses a 32-slot backend after a device with several
+    memslots)."""
+    vub = (['-chardev', f'socket,id=vub0,path={sock}',
+            '-device', 'vhost-user-blk-pci,id=vub0,chardev=vub0,num-queues=1']
+           if sock else [])
+    return vub + ['-bios', bios] + lib.machine_args(
+        cfg, 'kvm', dev_size=dev_size,
+        backend='memory-backend-memfd,share=on', props=props,
+        extra=['-machine', 'memory-backend=ram0', '-object',
+               'memory-backend-memfd,id=ram0,size=1G,share=on'])
+
+
+def vhost_case(cfg, backend, dev_size, props, after):
+    """measure_kvm_vm() with the backend (None, 'own', 'stock') attached."""
+    workdir = tempfile.mkdtemp(prefix='bench-vhost-')
+    q = None
+    try:
+        if backend:
+            q = Qsd(qsd_binaries()[backend], workdir)
+
+        def wrapped(vm, sample, r):
+            if q:
+                vq.start_virtio_blk(vm.qt)
+            vm.qmp('cont')      # the vhost device starts with the VM
+            info = [d['data'] for d in vm.qmp('query-memory-devices')]
+            r['memslots'] = info[0].get('memslots')      # None: upstream
+            after(vm, sample, r, q)
+        return measure_kvm_vm(cfg.binary,
+                              vhost_args(cfg, q.sock if q else None, dev_size,
+                                         props, halt_bios(workdir)),
+                              qtest=True, after=wrapped)
+    except (VMStartError, OSError, RuntimeError, vq.QtestError) as exc:
+        return {'error': err_text(exc)}
+    finally:
+        if q:
+            q.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def bench_vhost(cfgs, runs, res):
+    out = res.setdefault('vhost', {})
+    by_key = {c.key: c for c in cfgs}
+    bins = qsd_binaries()
+    out['backends'] = {k: {'binary': v, 'slots': None} for k, v in bins.items()}
+
+    def plug_steps(vm, sample, r, q):
+        dev = vq.VirtioMem(vm.qt).init()
+        vm.qmp('qom-set', path=DEV, property='requested-size',
+               value=max(VHOST_SIZES))
+        done, r['steps'] = 0, {'0': sample()}
+        for n in VHOST_SIZES:
+            dev.plug(done, n - done)
+            done = n
+            r['steps'][str(n)] = sample()
+        if q:
+            r['backend_rss'] = q.status('VmRSS')
+            r['backend_vsz'] = q.status('VmSize')
+
+    def one_per_memslot(vm, sample, r, q):
+        """One block in each memslot: every memslot mapped, as many
+        regions in the backend."""
+        dev = vq.VirtioMem(vm.qt).init()
+        # upstream 10.0 does not report it: 256 memslots of 4 GiB here
+        slots = r['memslots'] or 256
+        step = dev.region_size // slots
+        vm.qmp('qom-set', path=DEV, property='requested-size',
+               value=dev.region_size)
+        r['before'] = {'rss': q.status('VmRSS'), 'vsz': q.status('VmSize'),
+                       'maps': q.memfd_maps()}
+        dev.burst([(vq.PLUG, dev.addr + i * step, 1) for i in range(slots)])
+        time.sleep(0.5)
+        r['after'] = {'rss': q.status('VmRSS'), 'vsz': q.status('VmSize'),
+                      'maps': q.memfd_maps()}
+        r['vmalloc_all'] = sample()
+
+    cases = []
+    for key in VHOST_CFGS:
+        if key in by_key:
+            for backend in (None, 'own', 'stock'):
+                cases.append((key, backend, PLUG_DEV, ''))
+    if 'on' in by_key:
+        for backend in (None, 'own', 'stock'):
+            cases.append(('on', backend, PLUG_DEV, 'memslot-size=1G'))
+            cases.append(('on', backend, 256 * GiB, 'memslot-size=1G'))
+    for run in range(runs):
+        for key, backend, dev_size, props in cases:
+            name = (f'{key}/{backend or "none"}/{dev_size // GiB}G'
+                    + (f'/{props}' if props else ''))
+            r = vhost_case(by_key[key], backend, dev_size, props, plug_steps)
+            out.setdefault('plugged', {}).setdefault(name, []).append(r)
+            log(f'  vhost run {run + 1} {name:34}: ' + (
+                f'memslots {r.get("memslots")} ' + ' '.join(
+                    f'{int(n) // GiB}G={lib.fmt_bytes(v, True)}'
+                    for n, v in r.get('steps', {}).items())
+                + (f' backend RSS {lib.fmt_bytes(r["backend_rss"])} VSZ '
+                   f'{lib.fmt_bytes(r["backend_vsz"])}'
+                   if r.get('backend_rss') else '')
+                if 'error' not in r else 'FAILED: ' + r['error']))
+        for key in ('on', 'up-on'):
+            if key not in by_key:
+                continue
+            for backend in ('own', 'stock'):
+                name = f'{key}/{backend}/1024G/one-per-memslot'
+                r = vhost_case(by_key[key], backend, PLUG_DEV, '',
+                               one_per_memslot)
+                out.setdefault('regions', {}).setdefault(name, []).append(r)
+                log(f'  vhost run {run + 1} {name:34}: ' + (
+                    f'{r["memslots"]} memslots mapped: backend memfd '
+                    f'mappings {r["before"]["maps"]} -> {r["after"]["maps"]}, '
+                    f'RSS {lib.fmt_bytes(r["before"]["rss"])} -> '
+                    f'{lib.fmt_bytes(r["after"]["rss"])}, VSZ '
+                    f'{lib.fmt_bytes(r["before"]["vsz"])} -> '
+                    f'{lib.fmt_bytes(r["after"]["vsz"])}'
+                    if 'error' not in r else 'FAILED: ' + r['error']))
+
+
 def quick(args):
     t0 = time.monotonic()
     passed = failed = skipped = 0
@@ -968,7 +1154,7 @@ def main():
         res['times'][name] = time.monotonic() - t
 
     # Boot RAM first: its per-page figure guards the huge off devices.
-    if only & {'idle', 'plugged', 'memslot-size'}:
+    if only & {'idle', 'plugged', 'memslot-size', 'vhost'}:
         only.add('limit')
     section('limit', lambda: bench_limit(PLUG_SIZES, runs, res)
             if kvm_ok else None)
@@ -988,6 +1174,8 @@ def main():
                                                   res)
             if kvm_ok and on else res.setdefault('memslot', {
                 'error': f'not run: {why or "no patched on configuration"}'}))
+    section('vhost', lambda: bench_vhost(cfgs, min(runs, 3), res)
+            if kvm_ok else None)
     # Requests are cheap and noisy: more repetitions than runs elsewhere.
     section('requests', lambda: bench_requests(
         cfgs, ['qtest', 'tcg-paused'] + (['kvm'] if kvm_ok else []),

@@ -128,13 +128,69 @@ class Pci:
         self.qt.out({1: 'b', 2: 'w', 4: 'l'}[size], port, val)
 
 
-def find_virtio_mem(qt):
+def find_virtio(qt, pci_ids, name):
+    """The first function on bus 0 with one of the device ids."""
+    if isinstance(pci_ids, int):
+        pci_ids = (pci_ids,)
     for devfn in range(0, 256):
         pci = Pci(qt, devfn)
         ids = pci.read(0, 4)
-        if ids == (VIRTIO_MEM_PCI_ID << 16) | VIRTIO_VENDOR:
+        if ids & 0xffff == VIRTIO_VENDOR and ids >> 16 in pci_ids:
             return pci
-    raise QtestError('no virtio-mem-pci function on bus 0')
+    raise QtestError(f'no {name} function on bus 0')
+
+
+def find_virtio_mem(qt):
+    return find_virtio(qt, VIRTIO_MEM_PCI_ID, 'virtio-mem-pci')
+
+
+# virtio-blk: modern id of VIRTIO_ID_BLOCK, and the transitional one that
+# (vhost-user-)blk-pci has on a conventional PCI bus (q35's bus 0)
+VIRTIO_BLK_PCI_IDS = (0x1040 + 2, 0x1001)
+
+
+def start_virtio_blk(qt, bar_base=BAR_BASE + 0x100000,
+                     ring_base=RING_BASE + 0x100000, qsize=16):
+    """Bring a (vhost-user-)blk-pci function to DRIVER_OK with virtqueue 0
+    set up and empty, as a guest driver would: a vhost device then starts
+    its backend, which gets the memory table.  No request is sent.  The BAR
+    and the ring must not overlap the virtio-mem driver's (defaults: 1 MiB
+    above them)."""
+    pci = find_virtio(qt, VIRTIO_BLK_PCI_IDS, 'virtio-blk-pci')
+    caps, ptr = {}, pci.read(0x34, 1)
+    while ptr:
+        if pci.read(ptr, 1) == 0x09:
+            cfg_type, bar = pci.read(ptr + 3, 1), pci.read(ptr + 4, 1)
+            off = pci.read(ptr + 8, 4)
+            extra = pci.read(ptr + 16, 4) if cfg_type == CAP_NOTIFY else 0
+            caps.setdefault(cfg_type, (bar, off, extra))
+        ptr = pci.read(ptr + 1, 1)
+    bar = caps[CAP_COMMON][0]
+    boff = 0x10 + 4 * bar
+    pci.write(boff, 4, bar_base)
+    if pci.read(boff, 4) & 0x4:
+        pci.write(boff + 4, 4, 0)
+    pci.write(4, 2, pci.read(4, 2) | 0x6)
+    c = bar_base + caps[CAP_COMMON][1]
+    qt.w('b', c + C_STATUS, 0)
+    qt.w('b', c + C_STATUS, S_ACK | S_DRIVER)
+    qt.w('l', c + C_GFSELECT, 0)
+    qt.w('l', c + C_GF, 0)
+    qt.w('l', c + C_GFSELECT, 1)
+    qt.w('l', c + C_GF, 1 << (F_VERSION_1 - 32))
+    qt.w('b', c + C_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK)
+    if not qt.r('b', c + C_STATUS) & S_FEATURES_OK:
+        raise QtestError('virtio-blk: FEATURES_OK refused')
+    qt.w('w', c + C_Q_SELECT, 0)
+    qt.w('w', c + C_Q_SIZE, qsize)
+    avail = ring_base + 16 * qsize
+    used = (avail + 6 + 2 * qsize + 4095) & ~4095
+    qt.memwrite(ring_base, bytes(used + 4096 - ring_base))
+    qt.w('q', c + C_Q_DESC, ring_base)
+    qt.w('q', c + C_Q_AVAIL, avail)
+    qt.w('q', c + C_Q_USED, used)
+    qt.w('w', c + C_Q_ENABLE, 1)
+    qt.w('b', c + C_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK)
 
 
 class VirtioMem:
