@@ -14,14 +14,14 @@ the disk image and the shared file against the same pattern.
 import os
 import re
 import shutil
-import socket
 import struct
 import subprocess
 import tempfile
 import time
 
 from e2elib import (GiB, MiB, TiB, MACHINE, ROOT, Failure, Skip, test,
-                    device_info, set_requested, settle, zoneinfo, fmt)
+                    device_info, set_requested, settle, zoneinfo, fmt,
+                    online_blocks)
 
 OWN_QSD = os.environ.get('QSD_BINARY') or os.path.join(
     ROOT, 'build', 'bin', 'qemu-storage-daemon')
@@ -198,11 +198,19 @@ def parse_g(size):
     return {'T': 1024, 'G': 1}[size[-1]] * int(size[:-1])
 
 
-def movable_check(t, vm):
-    zones = zoneinfo(vm)
-    mov = zones.get('Movable', {})
-    t.check(mov.get('managed', 0) > 0, 'the guest has a Movable zone with '
-            f'managed pages ({mov})')
+def movable_check(t, vm, base, plugged):
+    """The plugged memory of the device [base, base + plugged) is online
+    in ZONE_MOVABLE: each of its memory blocks says so in valid_zones."""
+    bs, online = online_blocks(vm)
+    blocks = [b for b in online if base // bs <= b < (base + plugged) // bs]
+    t.eq(len(blocks) * bs, plugged, 'online memory blocks of the device')
+    _, out = vm.run('for b in ' + ' '.join(str(b) for b in blocks) +
+                    '; do cat /sys/devices/system/memory/memory$b/'
+                    'valid_zones; done', check=True)
+    zones = sorted(set(out.split()))
+    t.eq(zones, ['Movable'], 'zones of the device\'s memory blocks')
+    mov = zoneinfo(vm).get('Movable', {})
+    t.check(mov.get('managed', 0) > 0, f'the guest\'s Movable zone: {mov}')
 
 
 def dio(t, vm, op, path, offset, mib, seed, lo, hi, split=None):
@@ -266,7 +274,7 @@ def io_test(t, device_first):
     for rnd, seed in enumerate((11, 12)):
         set_requested(vm, 'vmem0', 1 * GiB)
         settle(vm, 'vmem0', 1 * GiB)
-        movable_check(t, vm)
+        movable_check(t, vm, base, 1 * GiB)
         for b in (blk, fs):
             t.eq(b.maps(ino), [(0, 4 * GiB)], f'{b.name}: (offset, size) of '
                  'its mappings of the device memory (memslot 0 mapped)')
@@ -305,7 +313,7 @@ def t9c(t):
     base = info['memaddr']
     set_requested(vm, 'vmem0', 256 * MiB)
     settle(vm, 'vmem0', 256 * MiB)
-    movable_check(t, vm)
+    movable_check(t, vm, base, 256 * MiB)
     # the guest's 192 MiB buffer of 256 MiB plugged must use both memslots
     below, above = dio(t, vm, 'write', '/dev/vda', 0, 192, 21, base,
                        base + 256 * MiB, base + 128 * MiB)
