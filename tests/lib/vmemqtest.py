@@ -128,6 +128,33 @@ class Pci:
         self.qt.out({1: 'b', 2: 'w', 4: 'l'}[size], port, val)
 
 
+def map_virtio_caps(pci, bar_base):
+    """Walk the function's virtio-pci vendor capabilities, map the one
+    (64-bit) memory BAR they use at bar_base, enable memory space and bus
+    mastering.  Returns {cfg_type: (bar, offset, length, notify mult)}."""
+    caps, bars = {}, set()
+    ptr = pci.read(0x34, 1)
+    while ptr:
+        cap_id, nxt = pci.read(ptr, 1), pci.read(ptr + 1, 1)
+        if cap_id == 0x09:
+            cfg_type, bar = pci.read(ptr + 3, 1), pci.read(ptr + 4, 1)
+            off, length = pci.read(ptr + 8, 4), pci.read(ptr + 12, 4)
+            extra = pci.read(ptr + 16, 4) if cfg_type == CAP_NOTIFY else 0
+            if cfg_type in (CAP_COMMON, CAP_NOTIFY, CAP_ISR, CAP_DEVICE) \
+                    and cfg_type not in caps:
+                caps[cfg_type] = (bar, off, length, extra)
+                bars.add(bar)
+        ptr = nxt
+    if len(bars) != 1:
+        raise QtestError(f'expected one BAR for the virtio caps, got {bars}')
+    boff = 0x10 + 4 * bars.pop()
+    pci.write(boff, 4, bar_base)
+    if pci.read(boff, 4) & 0x4:                 # 64-bit BAR
+        pci.write(boff + 4, 4, 0)
+    pci.write(4, 2, pci.read(4, 2) | 0x6)       # memory space, bus master
+    return caps
+
+
 def find_virtio(qt, pci_ids, name):
     """The first function on bus 0 with one of the device ids."""
     if isinstance(pci_ids, int):
@@ -157,20 +184,7 @@ def start_virtio_blk(qt, bar_base=BAR_BASE + 0x100000,
     and the ring must not overlap the virtio-mem driver's (defaults: 1 MiB
     above them)."""
     pci = find_virtio(qt, VIRTIO_BLK_PCI_IDS, 'virtio-blk-pci')
-    caps, ptr = {}, pci.read(0x34, 1)
-    while ptr:
-        if pci.read(ptr, 1) == 0x09:
-            cfg_type, bar = pci.read(ptr + 3, 1), pci.read(ptr + 4, 1)
-            off = pci.read(ptr + 8, 4)
-            extra = pci.read(ptr + 16, 4) if cfg_type == CAP_NOTIFY else 0
-            caps.setdefault(cfg_type, (bar, off, extra))
-        ptr = pci.read(ptr + 1, 1)
-    bar = caps[CAP_COMMON][0]
-    boff = 0x10 + 4 * bar
-    pci.write(boff, 4, bar_base)
-    if pci.read(boff, 4) & 0x4:
-        pci.write(boff + 4, 4, 0)
-    pci.write(4, 2, pci.read(4, 2) | 0x6)
+    caps = map_virtio_caps(pci, bar_base)
     c = bar_base + caps[CAP_COMMON][1]
     qt.w('b', c + C_STATUS, 0)
     qt.w('b', c + C_STATUS, S_ACK | S_DRIVER)
@@ -213,28 +227,7 @@ class VirtioMem:
     def init(self):
         qt = self.qt
         self.pci = pci = find_virtio_mem(qt)
-        # Map every memory BAR the caps use at BAR_BASE (one 64-bit BAR).
-        ptr = pci.read(0x34, 1)
-        bars = set()
-        while ptr:
-            cap_id, nxt = pci.read(ptr, 1), pci.read(ptr + 1, 1)
-            if cap_id == 0x09:
-                cfg_type, bar = pci.read(ptr + 3, 1), pci.read(ptr + 4, 1)
-                off, length = pci.read(ptr + 8, 4), pci.read(ptr + 12, 4)
-                extra = pci.read(ptr + 16, 4) if cfg_type == CAP_NOTIFY else 0
-                if cfg_type in (CAP_COMMON, CAP_NOTIFY, CAP_ISR, CAP_DEVICE) \
-                        and cfg_type not in self.caps:
-                    self.caps[cfg_type] = (bar, off, length, extra)
-                    bars.add(bar)
-            ptr = nxt
-        if len(bars) != 1:
-            raise QtestError(f'expected one BAR for the virtio caps, got {bars}')
-        bar = bars.pop()
-        boff = 0x10 + 4 * bar
-        pci.write(boff, 4, BAR_BASE)
-        if pci.read(boff, 4) & 0x4:                 # 64-bit BAR
-            pci.write(boff + 4, 4, 0)
-        pci.write(4, 2, pci.read(4, 2) | 0x6)       # memory space, bus master
+        self.caps = map_virtio_caps(pci, BAR_BASE)
         self.bar_addr = BAR_BASE
         self._negotiate()
         self._setup_queue()
