@@ -25,6 +25,7 @@ import test_snapshot  # noqa: E402,F401
 import test_postcopy  # noqa: E402,F401
 import test_qemu  # noqa: E402,F401
 import test_colo  # noqa: E402,F401
+import test_prealloc  # noqa: E402,F401
 
 if __name__ == '__main__':
     sys.exit(costlib.run_tests(sys.argv[1:]))

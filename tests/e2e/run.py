@@ -25,6 +25,7 @@ import test_kvm  # noqa: E402,F401  pylint: disable=unused-import
 import test_smc  # noqa: E402,F401  pylint: disable=unused-import
 import test_vhost  # noqa: E402,F401  pylint: disable=unused-import
 import test_unplug  # noqa: E402,F401  pylint: disable=unused-import
+import test_stall  # noqa: E402,F401  pylint: disable=unused-import
 
 if __name__ == '__main__':
     sys.exit(e2elib.run_tests(sys.argv[1:]))

@@ -452,6 +452,14 @@ class GuestVM:
         self.qmp_log.append(('<-', json.dumps(ev)[:2000]))
         return ev
 
+    def drain_events(self, name=None):
+        """The QMP events received so far and not yet taken (all of them
+        are taken), optionally only those named `name`; never waits."""
+        evs = self._vm.get_qmp_events(wait=False)
+        for ev in evs:
+            self.qmp_log.append(('<-', json.dumps(ev)[:2000]))
+        return [ev for ev in evs if name is None or ev['event'] == name]
+
     def wait_runstate(self, want, timeout=60):
         """Poll query-status until its status is `want`."""
         deadline = time.monotonic() + timeout
