@@ -17,8 +17,23 @@ request is answered BUSY (as 7.2 answers a failed preallocation), the
 device's size stays 0, the stats count one failed preallocation, and the
 file holds nothing afterwards (the populated part was given back); then a
 plug of 512 MiB is ACKed and the file holds exactly 512 MiB.
+
+prealloc-incoming: 1 GiB plugged on a source that never wrote it (memfd,
+prealloc off), migrated into a destination with prealloc=on, 2 threads and
+private anonymous memory (where reading an unwritten page maps the zero
+page, so only a preallocation populates it).  Asserts, with
+x-prealloc-incoming=on on both sides: the destination's anonymous memory
+grew by the plugged 1 GiB (and at most 256 MiB more); with it off (7.2's
+behaviour): by less than 256 MiB, i.e. nothing was preallocated.
+
+prealloc-incoming-failure: the destination's backend is a file on a
+512 MiB tmpfs, 1 GiB plugged, x-prealloc-incoming=on.  Asserts: the
+migration fails, the destination exits saying that preallocating the
+plugged bytes failed, the source stays in its run state with 1 GiB
+plugged.
 """
 
+import glob
 import os
 import re
 import signal
@@ -26,7 +41,7 @@ import subprocess
 import time
 
 from costlib import (GiB, MiB, Backend, test, device_size, fmt_bytes,
-                     MACHINE, ACCEL, BOOT_RAM, DEV)
+                     migrate_to_vm, MACHINE, ACCEL, BOOT_RAM, DEV)
 import vmemqtest as vq
 
 SIZE = 4 * GiB
@@ -153,4 +168,103 @@ def t_prealloc_failure(t):
     finally:
         if vm is not None:
             t.kill(vm)
+        subprocess.run(['umount', mnt], check=False)
+
+
+def incoming_pair(t, src_obj, dst_obj, size, incoming):
+    """A source (prealloc off, nothing touched) and a destination
+    (prealloc=on, 2 threads, -incoming defer), both with
+    x-prealloc-incoming=`incoming`."""
+    prop = f',x-prealloc-incoming={"on" if incoming else "off"}'
+    src_args = prealloc_args(src_obj, size)
+    src_args[-1] = src_args[-1].replace('prealloc=on', 'prealloc=off') + prop
+    dst_args = prealloc_args(dst_obj, size, ',prealloc-threads=2')
+    dst_args[-1] += prop
+    src = t.vm(src_args, qtest=True, name='src')
+    dst = t.vm(dst_args + ['-incoming', 'defer'], name='dst')
+    return src, dst
+
+
+def rss_anon(pid):
+    with open(f'/proc/{pid}/status') as f:
+        for line in f:
+            if line.startswith('RssAnon:'):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f'no RssAnon for pid {pid}')
+
+
+@test('prealloc-incoming')
+def t_prealloc_incoming(t):
+    # The destination's backend is private anonymous memory: reading a page
+    # that was never written maps the shared zero page, so only a
+    # preallocation populates what the source sends as zero pages.
+    for incoming in (True, False):
+        what = f'x-prealloc-incoming={"on" if incoming else "off"}'
+        sbe = Backend('memfd', SIZE, t.tmp)
+        dbe = Backend('ram', SIZE, t.tmp)
+        src, dst = incoming_pair(t, sbe.obj, dbe.obj, SIZE, incoming)
+        plug_once(t, src, PLUG)
+        eq(t, sbe.allocated(src.pid), 0, f'{what}: source backend bytes '
+                                         '(prealloc off, nothing written)')
+        before = rss_anon(dst.pid)
+        r = migrate_to_vm(t, src, dst, [])
+        # The source never ran (-S): the destination stays in prelaunch.
+        eq(t, (r['status'], r['dst_status']), ('completed', 'prelaunch'),
+           f'{what}: migration')
+        eq(t, device_size(dst), PLUG, f'{what}: destination device size')
+        grown = rss_anon(dst.pid) - before
+        t.figure(f'{what}: {fmt_bytes(PLUG)} plugged (all zero) migrated '
+                 f'in {r["seconds"]:.2f}s; the destination (prealloc=on, '
+                 f'2 threads) grew by {fmt_bytes(grown)} of anonymous '
+                 'memory')
+        if incoming:
+            t.check(PLUG <= grown < PLUG + 256 * MiB,
+                    f'{what}: the destination grew by {fmt_bytes(grown)}, '
+                    f'want the plugged {fmt_bytes(PLUG)}')
+        else:
+            # 7.2's behaviour: zero pages are not written, and nothing
+            # preallocates the plugged memory on the destination.
+            t.check(grown < 256 * MiB, f'{what}: the destination grew by '
+                                       f'{fmt_bytes(grown)}')
+        t.kill(src)
+        t.kill(dst)
+
+
+@test('prealloc-incoming-failure')
+def t_prealloc_incoming_failure(t):
+    if os.geteuid() != 0:
+        t.skip('needs root to mount a small tmpfs')
+    mnt = t.mkdtemp('/tmp')
+    subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=512M',
+                    'cost-prealloc', mnt], check=True)
+    src = dst = None
+    try:
+        sbe = Backend('memfd', SIZE, t.tmp)
+        dbe = Backend('file', SIZE, mnt)
+        src, dst = incoming_pair(t, sbe.obj, dbe.obj, SIZE, True)
+        plug_once(t, src, PLUG)
+        before = src.qmp('query-status')['status']
+        r = migrate_to_vm(t, src, dst, [])
+        t.figure(f'1 GiB plugged into a destination on a 512 MiB tmpfs: '
+                 f'source {r["status"]}, destination {r["dst_status"]}, '
+                 f'{fmt_bytes(r["bytes"])} of RAM sent')
+        eq(t, r['status'], 'failed', 'source migration status')
+        t.check(r['dst_status'].startswith('gone'),
+                f'destination still there: {r["dst_status"]}')
+        eq(t, src.qmp('query-status')['status'], before,
+           'source run state after the failed migration')
+        eq(t, device_size(src), PLUG, 'source device size after the '
+                                      'failed migration')
+        out = ''
+        for log in glob.glob(os.path.join(dst.workdir, '*.log')):
+            with open(log, errors='replace') as f:
+                out += f.read()
+        t.log(f'destination output: {out.strip()[-600:]}')
+        t.check(re.search(r'virtio-mem: preallocating the 1073741824 bytes '
+                          r'the source has plugged failed', out),
+                f'the destination did not say why it failed:\n{out}')
+    finally:
+        for vm in (src, dst):
+            if vm is not None:
+                t.kill(vm)
         subprocess.run(['umount', mnt], check=False)
