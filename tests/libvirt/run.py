@@ -31,7 +31,9 @@ machine's configuration is untouched and nothing is left running (libvirtd and
 QEMU are stopped by their process ids).  virsh talks to it through
 qemu:///system?socket=... from inside the namespace (nsenter).
 
-Per leg: define + start; the guest boots (MemTotal, nothing plugged, the
+Per leg (the domain has ACPI: q35's PCIe root ports use ACPI PCI hot-plug
+on the 7.2 machine types, and without it the guest never ejects a device):
+define + start; the guest boots (MemTotal, nothing plugged, the
 device's virtio-mem container empty); virsh update-memory-device
 --requested-size 4GiB; then
   - QEMU reports size 4 GiB; the guest has exactly 4 GiB of 'System RAM' in
@@ -47,8 +49,16 @@ a 360 MB pattern file in a guest tmpfs (larger than the 256 MiB boot RAM, so
 it lives in hot-plugged memory: checked in the guest's Movable zone) is
 written and its md5 checked against the host's; virsh save + virsh restore
 keep the md5, the device size, the live XML and the four aliases;
-back to 0 unmaps them all and MemTotal returns to its boot value; virsh
-dumpxml (live and inactive) keeps the setting throughout.
+virsh detach-device of the device's live XML with 4 GiB plugged is refused
+(QEMU's error passed on by libvirt) and the device and the pattern stay;
+back to 0 unmaps them all and MemTotal returns to its boot value; then virsh
+detach-device succeeds in both libvirt versions (both just send device_del):
+the device leaves the live XML, query-memory-devices, the guest's virtio_mem
+driver and `info mtree`, and libvirt deletes its backend object; virsh
+attach-device of the same XML brings it back with size 0 (with libvirt 9.0
+as dynamic-memslots=off, 1 memslot: its <qemu:override> applies only at
+start; with 11.x with its 64 memslots); virsh dumpxml (live and inactive)
+keeps the setting throughout.
 
 A leg that cannot run on this machine (not root, no overlayfs in a mount
 namespace, packages that cannot be installed, backports not reachable) is
@@ -206,7 +216,12 @@ class Daemon:
             with open(self.upper('run', 'libvirt', 'qemu', f'{name}.pid')) as f:
                 pid = int(f.read().strip())
         except (OSError, ValueError):
-            return None
+            # Seen once right after a refused detach-device: the pidfile
+            # could not be read for a moment.  The QEMU we knew, if it
+            # still runs, is still the domain's.
+            pid = getattr(self, '_last_pid', {}).get(name)
+            if pid is None:
+                return None
         try:
             with open(f'/proc/{pid}/cmdline', 'rb') as f:
                 cmdline = f.read().split(b'\0')
@@ -215,6 +230,7 @@ class Daemon:
         if not any(b'qemu-system' in a for a in cmdline[:1]) or \
                 not any(name.encode() in a for a in cmdline):
             return None
+        self.__dict__.setdefault('_last_pid', {})[name] = pid
         return pid
 
     def start(self):
@@ -788,6 +804,63 @@ def check_plugged(d, chan, want, base, maxsize, boot_memtotal, memdev, where):
     return mtree
 
 
+def virtio_mem_devices(d):
+    root = ET.fromstring(d.virsh('dumpxml', DOMAIN))
+    return [m for m in root.findall('./devices/memory')
+            if m.get('model') == 'virtio-mem']
+
+
+def detach_and_attach(leg, d, chan, mem_xml, memdev, step):
+    """virsh detach-device of the empty device, then attach it again."""
+    _, dev = qemu_device_json(d)
+    log(f'  the device is on bus {dev.get("bus")!r} (libvirt placed it)')
+    # libvirt finds the device by its definition: the live one, sizes now 0.
+    with open(mem_xml, 'wb') as f:
+        f.write(ET.tostring(vmem_xml(d)[0]))
+    rc, out = d.virsh_rc('detach-device', DOMAIN, mem_xml, '--live')
+    if rc != 0:
+        raise Failure(f'virsh detach-device of the empty device exited '
+                      f'{rc}:\n{out.strip()}')
+    deadline = time.monotonic() + 60
+    while virtio_mem_devices(d) or d.qmp('query-memory-devices'):
+        check(time.monotonic() < deadline, 'the device is still there 60 s '
+              'after virsh detach-device')
+        time.sleep(0.5)
+    objs = [o['name'] for o in d.qmp('qom-list', path='/objects')]
+    check(memdev not in objs, f'memory backend {memdev} still in /objects '
+                              f'after the detach: {objs}')
+    out = chan.run('ls /sys/bus/virtio/drivers/virtio_mem/')
+    check(not re.search(r'virtio\d', out), f'the guest still has a virtio_mem '
+                                           f'device: {out!r}')
+    check(not has_container(d.hmp('info mtree')),
+          'info mtree still has the virtio-mem container')
+    step('virsh detach-device of the empty device: gone from the live XML, '
+         'query-memory-devices, the guest and /objects (backend '
+         f'{memdev} deleted)')
+    d.virsh('attach-device', DOMAIN, mem_xml, '--live')
+    deadline = time.monotonic() + 60
+    while True:
+        out = chan.run('ls /sys/bus/virtio/drivers/virtio_mem/')
+        if re.search(r'virtio\d', out):
+            break
+        check(time.monotonic() < deadline, 'the guest did not bind the '
+                                           're-attached device')
+        time.sleep(0.5)
+    eq(len(virtio_mem_devices(d)), 1, 'virtio-mem devices after attach')
+    info = device_info(d)
+    eq((info['size'], info['max-size']), (0, DEVICE_SIZE),
+       'device size and max-size after attach')
+    # libvirt 9.0 applies <qemu:override> only when the domain starts: the
+    # device it hot-plugs has dynamic-memslots off (1 memslot).  11.x
+    # emits dynamicMemslots='yes' from the device's own XML.
+    want = 1 if leg.name == 'bookworm' else DEVICE_SIZE // SLOT
+    eq(info['memslots'], want, 'memslots of the re-attached device')
+    step(f'virsh attach-device of the same XML: back, size 0, '
+         f'{info["memslots"]} memslots'
+         + (' (libvirt 9.0: no override on hot-plug, dynamic-memslots off)'
+            if leg.name == 'bookworm' else ''))
+
+
 def run_leg(leg, keep):
     prerequisites(leg)
     d = Daemon(leg.name, leg.prefix)
@@ -903,6 +976,20 @@ def run_leg(leg, keep):
         step(f'virsh restore (QEMU pid {pid2}): md5 {got} unchanged, 4 GiB '
              'plugged, four aliases mapped')
 
+        mem_xml = os.path.join(d.dir, 'vmem.xml')
+        with open(mem_xml, 'wb') as f:
+            f.write(ET.tostring(vmem_xml(d)[0]))
+        rc, out = d.virsh_rc('detach-device', DOMAIN, mem_xml, '--live')
+        check(rc != 0, f'virsh detach-device with 4 GiB plugged succeeded:\n'
+                       f'{out}')
+        eq(device_info(d)['size'], PLUG, 'device size after the refused '
+                                         'detach-device')
+        vmem_xml(d)
+        got = chan.run('md5sum /mnt/pattern', timeout=900).split()[0]
+        eq(got, want_md5, 'md5 of the pattern after the refused detach')
+        step('virsh detach-device with 4 GiB plugged refused: '
+             + ' '.join(out.split())[:300])
+
         chan.run('rm /mnt/pattern /mnt/seed && umount /mnt')
         d.virsh('update-memory-device', DOMAIN, '--alias', ALIAS,
                 '--requested-size', '0')
@@ -912,6 +999,8 @@ def run_leg(leg, keep):
         check_setting(leg, d, 'live XML with nothing plugged')
         step('virsh update-memory-device --requested-size 0: all unplugged, '
              'no alias mapped')
+
+        detach_and_attach(leg, d, chan, mem_xml, memdev, step)
 
         chan.close()
         chan = None
