@@ -31,6 +31,11 @@ prealloc-incoming-failure: the destination's backend is a file on a
 migration fails, the destination exits saying that preallocating the
 plugged bytes failed, the source stays in its run state with 1 GiB
 plugged.
+
+prealloc-incoming-postcopy: the same with postcopy-ram on both sides.
+Asserts: the destination refuses (postcopy needs unreceived pages
+unpopulated, so that they fault) with its reason, the migration fails, the
+source keeps its 1 GiB.
 """
 
 import glob
@@ -41,7 +46,8 @@ import subprocess
 import time
 
 from costlib import (GiB, MiB, Backend, test, device_size, fmt_bytes,
-                     migrate_to_vm, MACHINE, ACCEL, BOOT_RAM, DEV)
+                     migrate_to_vm, migration_caps, MACHINE, ACCEL,
+                     BOOT_RAM, DEV)
 import vmemqtest as vq
 
 SIZE = 4 * GiB
@@ -268,3 +274,33 @@ def t_prealloc_incoming_failure(t):
             if vm is not None:
                 t.kill(vm)
         subprocess.run(['umount', mnt], check=False)
+
+
+@test('prealloc-incoming-postcopy')
+def t_prealloc_incoming_postcopy(t):
+    # Postcopy must find unreceived pages unpopulated: a destination that
+    # would preallocate refuses, before RAM, and says why.
+    src = dst = None
+    try:
+        sbe = Backend('memfd', SIZE, t.tmp)
+        dbe = Backend('memfd', SIZE, t.tmp)
+        src, dst = incoming_pair(t, sbe.obj, dbe.obj, SIZE, True)
+        for vm in (src, dst):
+            migration_caps(vm, postcopy_ram=True)
+        plug_once(t, src, PLUG)
+        r = migrate_to_vm(t, src, dst, [])
+        out = ''
+        for log in glob.glob(os.path.join(dst.workdir, '*.log')):
+            with open(log, errors='replace') as f:
+                out += f.read()
+        t.figure(f'x-prealloc-incoming with postcopy-ram: source '
+                 f'{r["status"]}, destination {r["dst_status"]}, '
+                 f'{fmt_bytes(r["bytes"])} of RAM sent')
+        eq(t, r['status'], 'failed', 'source migration status')
+        t.check("virtio-mem: 'x-prealloc-incoming' cannot be used with "
+                "postcopy" in out, f'destination output:\n{out}')
+        eq(t, device_size(src), PLUG, 'source device size')
+    finally:
+        for vm in (src, dst):
+            if vm is not None:
+                t.kill(vm)
