@@ -1,6 +1,7 @@
 """Markdown report and gnuplot charts of a bench/run.py result (JSON)."""
 
 import os
+import statistics
 import shutil
 import subprocess
 import tempfile
@@ -984,6 +985,7 @@ def write(res, stem):
     L += migration_section(res, made)
     L += kvm_migration_section(res)
     L += vhost_section(res)
+    L += prealloc_section(res)
     L += tcg_sections(res)
     L += idle_cost_section(res, made)
     replaced = m.get('replaced', [])
@@ -1309,6 +1311,81 @@ def vhost_stats(res, name, n, metric='kernel'):
                        if str(n) in r.get('steps', {}))
     field = {'rss': 'backend_rss', 'vsz': 'backend_vsz'}[metric]
     return summary(r[field] for r in rows if r.get(field) is not None)
+
+
+def med(rows, key):
+    vals = sorted(r[key] for r in rows if 'error' not in r
+                  and r.get(key) is not None)
+    return statistics.median(vals) if vals else None
+
+
+def prealloc_section(res):
+    """## 9: preallocation with threads."""
+    per = res.get('prealloc', {})
+    if not per.get('plug'):
+        return []
+    lab = labels(res)
+    bw = per.get('membw', {})
+    L = ['## 9. Preallocation (`prealloc=on`) with the backend\'s threads', '']
+    L.append('A paused TCG VM (`-m 1G`, the machine type each binary calls '
+             '`q35`) with a 16 GiB `virtio-mem-pci,prealloc=on` on a shared '
+             'memfd (and, where the host reserved the huge pages, a 2 MiB '
+             'hugetlb memfd) with `prealloc-threads` 1 or 2; the qtest driver '
+             'plugs 4 or 16 GiB in one request. Time from the request to its '
+             'answer, median (min - max) of the runs; each case checks the '
+             'ACK, the size and that the backend holds the plugged bytes. '
+             f'Huge pages: {per.get("hugetlb", "?")}.')
+    L.append('')
+    L.append('The machine\'s ceiling, measured in the same run by '
+             '`bench/membw.c` (4 GiB memfd): ' + '; '.join(
+                 f'{t} thread(s): populate with MADV_POPULATE_WRITE '
+                 f'{v["populate"]:.2f} GiB/s, memset of populated memory '
+                 f'{v["memset"]:.2f} GiB/s' for t, v in sorted(bw.items())) +
+             '.')
+    L.append('')
+    rows = []
+    for kind in ('memfd', 'hugetlb'):
+        for key in ('on', 'stock', 'up-on'):
+            for size in (4, 16):
+                r1 = per['plug'].get(f'{key}/{kind}/{size}G/1', [])
+                r2 = per['plug'].get(f'{key}/{kind}/{size}G/2', [])
+                if not r1 and not r2:
+                    continue
+                m1, m2 = med(r1, 'seconds'), med(r2, 'seconds')
+                rows.append([lab.get(key, key), kind, f'{size} GiB',
+                             f'{m1:.2f} s ({size / m1:.2f} GiB/s)' if m1
+                             else first_error(r1) or '-',
+                             f'{m2:.2f} s ({size / m2:.2f} GiB/s)' if m2
+                             else first_error(r2) or '-',
+                             f'{m1 / m2:.2f}x' if m1 and m2 else '-'])
+    L += table(['QEMU', 'backend', 'plugged', '1 thread', '2 threads',
+                'speed-up'], rows)
+    L.append('')
+    inc = per.get('incoming', {})
+    if inc:
+        L.append('Incoming migration: 16 GiB plugged on a paused source '
+                 '(shared memfd, never written: all zero pages), migrated '
+                 'over a unix socket into a destination with `prealloc=on` '
+                 'on private anonymous memory (`memory-backend-ram`: a zero '
+                 'page is not written there, so only a preallocation '
+                 'populates it). Destination RssAnon growth and total '
+                 'migration time, median:')
+        L.append('')
+        rows = []
+        for name, rs in inc.items():
+            key, machine, props, threads = name.split('/')
+            early = sorted({str(r.get('early')) for r in rs if 'early' in r})
+            t, rss = med(rs, 'seconds'), med(rs, 'dst_rss')
+            rows.append([lab.get(key, key), machine,
+                         props if props != '-' else
+                         (f'x-early-migration={",".join(early)}' if early
+                          else '(none)'), threads,
+                         f'{t:.2f} s' if t else first_error(rs) or '-',
+                         fmt_bytes(rss) if rss is not None else '-'])
+        L += table(['QEMU', 'machine', 'property', 'threads', 'migration',
+                    'destination preallocated'], rows)
+        L.append('')
+    return L
 
 
 def vhost_section(res):

@@ -46,6 +46,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -76,7 +77,7 @@ META_PER_PAGE_DEFAULT = 10.05      # bytes per 4 KiB, refined by item 2
 DEV = '/machine/peripheral/vmem0'
 SECTIONS = ['idle', 'plugged', 'memslot-size', 'vhost', 'requests', 'guest',
             'kvm-migration', 'tcg-reset', 'tcg-hotpath',
-            'migration', 'idle-cost']
+            'migration', 'idle-cost', 'prealloc']
 
 
 def log(msg=''):
@@ -968,6 +969,220 @@ def bench_vhost(cfgs, runs, res):
                     if 'error' not in r else 'FAILED: ' + r['error']))
 
 
+# -- 9. preallocation with threads -------------------------------------------
+
+PREALLOC_DEV = 16 * GiB
+PREALLOC_SIZES = (4 * GiB, 16 * GiB)
+PREALLOC_THREADS = (1, 2)
+PREALLOC_CFGS = ('on', 'stock', 'up-on')
+
+
+def membw(threads, size_gib=4):
+    """{'populate': GiB/s, 'memset': GiB/s} of bench/membw.c."""
+    exe = os.path.join(lib.ROOT, 'build', 'bench', 'membw')
+    src = os.path.join(HERE, 'membw.c')
+    if not os.path.exists(exe) or os.path.getmtime(exe) < os.path.getmtime(src):
+        os.makedirs(os.path.dirname(exe), exist_ok=True)
+        subprocess.run(['gcc', '-O2', '-Wall', '-pthread', '-o', exe, src],
+                       check=True)
+    out = subprocess.run([exe, str(size_gib), str(threads)], check=True,
+                         capture_output=True, text=True).stdout
+    return {k: float(v) for k, _, v in (ln.split() for ln in out.splitlines())}
+
+
+def hugepages(n=None):
+    """Set (n) and return nr_hugepages (2 MiB) and HugePages_Free."""
+    path = '/proc/sys/vm/nr_hugepages'
+    if n is not None:
+        with open(path, 'w') as f:
+            f.write(str(n))
+    with open(path) as f:
+        total = int(f.read())
+    free = None
+    with open('/proc/meminfo') as f:
+        for ln in f:
+            if ln.startswith('HugePages_Free:'):
+                free = int(ln.split()[1])
+    return total, free
+
+
+def backend_bytes(pid, kind, free0):
+    """What the device's backend holds: memfd blocks, or huge pages used."""
+    if kind == 'hugetlb':
+        return (free0 - hugepages()[1]) * 2 * MiB
+    for name in os.listdir(f'/proc/{pid}/fd'):
+        p = f'/proc/{pid}/fd/{name}'
+        try:
+            if os.readlink(p).startswith('/memfd:mem0') or (
+                    os.readlink(p).startswith('/memfd:') and
+                    os.stat(p).st_size == PREALLOC_DEV):
+                return os.stat(p).st_blocks * 512
+        except OSError:
+            continue
+    return None
+
+
+def prealloc_plug(cfg, kind, threads, size):
+    """One paused TCG VM: plug `size` with prealloc=on in one request."""
+    backend = ('memory-backend-memfd' + (',hugetlb=on,hugetlbsize=2M'
+                                         if kind == 'hugetlb' else '')
+               + f',share=on,prealloc-threads={threads}')
+    args = lib.machine_args(cfg, 'tcg-paused', dev_size=PREALLOC_DEV,
+                            backend=backend, props='prealloc=on')
+    r = {}
+    free0 = hugepages()[1] if kind == 'hugetlb' else None
+    try:
+        with VM(cfg.binary, args, qtest=True) as vm:
+            dev = vq.VirtioMem(vm.qt).init()
+            vm.qmp('qom-set', path=DEV, property='requested-size', value=size)
+            t0 = time.monotonic()
+            resp, _ = dev.request(vq.PLUG, dev.addr, size // dev.block_size,
+                                  check=False)
+            r['seconds'] = time.monotonic() - t0
+            r['resp'] = vq.RESP_NAMES.get(resp, resp)
+            r['size'] = dev.plugged_size()
+            r['backend'] = backend_bytes(vm.pid, kind, free0)
+            if r['resp'] != 'ACK' or r['size'] != size or \
+                    (r['backend'] is not None and r['backend'] < size):
+                r['error'] = (f'{r["resp"]}, size {lib.fmt_bytes(r["size"])}, '
+                              f'backend holds {lib.fmt_bytes(r["backend"])}')
+    except (VMStartError, OSError, RuntimeError, vq.QtestError) as exc:
+        r['error'] = err_text(exc)
+    return r
+
+
+def prealloc_incoming(src_cfg, dst_cfg, machine, props, threads, size):
+    """Migrate `size` plugged (never written, memfd) into a destination with
+    prealloc=on on private anonymous memory; its RssAnon growth says what
+    was preallocated (a zero page the source sends is not written)."""
+    def args(cfg, extra_props, backend):
+        a = lib.machine_args(cfg, 'tcg-paused', dev_size=PREALLOC_DEV,
+                             backend=backend, props=extra_props)
+        return a + ['-machine', machine]
+    r = {}
+    dst_props = 'prealloc=on' + (',' + props if props else '')
+    src_props = props
+    tmp = tempfile.mkdtemp(prefix='bench-mig-')
+    uri = 'unix:' + os.path.join(tmp, 'mig.sock')
+    try:
+        with VM(src_cfg.binary, args(src_cfg, src_props,
+                                     'memory-backend-memfd,share=on'),
+                qtest=True) as src, \
+                VM(dst_cfg.binary, args(dst_cfg, dst_props,
+                                        'memory-backend-ram,prealloc-threads='
+                                        f'{threads}')
+                   + ['-incoming', 'defer']) as dst:
+            dev = vq.VirtioMem(src.qt).init()
+            src.qmp('qom-set', path=DEV, property='requested-size',
+                    value=size)
+            dev.plug(0, size)
+            if dst_cfg.key.startswith('up'):
+                r['early'] = dst.qmp('qom-get', path=DEV + '/virtio-backend',
+                                     property='x-early-migration')
+            rss0 = lib.proc_status(dst.pid, 'RssAnon')
+            dst.qmp('migrate-incoming', uri=uri)
+            src.qmp('migrate-set-parameters', **{'max-bandwidth': 8 * GiB})
+            t0 = time.monotonic()
+            src.qmp('migrate', uri=uri)
+            while True:
+                st = src.qmp('query-migrate')
+                if st['status'] in ('completed', 'failed', 'cancelled'):
+                    break
+                if time.monotonic() - t0 > 300:
+                    src.qmp('migrate_cancel')
+                time.sleep(0.05)
+            r['seconds'] = time.monotonic() - t0
+            r['status'] = st['status']
+            while dst.qmp('query-status')['status'] == 'inmigrate' and \
+                    time.monotonic() - t0 < 360:
+                time.sleep(0.05)
+            r['dst_rss'] = lib.proc_status(dst.pid, 'RssAnon') - rss0
+            if r['status'] != 'completed':
+                r['error'] = f'migration {r["status"]}'
+    except Exception as exc:   # pylint: disable=broad-except
+        # e.g. the destination killed by the host's OOM killer
+        r['error'] = err_text(exc)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return r
+
+
+def bench_prealloc(cfgs, runs, res):
+    out = res.setdefault('prealloc', {})
+    by_key = {c.key: c for c in cfgs}
+    # This host is itself a VM whose memory the hypervisor backs on first
+    # touch: the first pass over memory is several times slower than the
+    # next ones.  Touch 16 GiB once first, and alternate the thread order.
+    out['warmup'] = membw(2, 16)
+    log(f'  warm-up (16 GiB, 2 threads): populate '
+        f'{out["warmup"]["populate"]:.2f} GiB/s')
+    out['membw'] = {str(t): membw(t) for t in PREALLOC_THREADS}
+    for t in PREALLOC_THREADS:
+        log(f'  memory bandwidth, {t} thread(s): populate a fresh memfd '
+            f'{out["membw"][str(t)]["populate"]:.2f} GiB/s, memset populated '
+            f'memory {out["membw"][str(t)]["memset"]:.2f} GiB/s')
+    old = hugepages()[0]
+    # Give the huge pages back also when the run is stopped (SIGTERM).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+    def plug_cases(kind):
+        for run in range(runs):
+            for key in PREALLOC_CFGS:
+                if key not in by_key:
+                    continue
+                for size in PREALLOC_SIZES:
+                    if size > 4 * GiB and run >= 1:
+                        continue    # one run of the long cases
+                    for threads in PREALLOC_THREADS[::1 if run % 2 else -1]:
+                        name = f'{key}/{kind}/{size // GiB}G/{threads}'
+                        r = prealloc_plug(by_key[key], kind, threads, size)
+                        out.setdefault('plug', {}).setdefault(
+                            name, []).append(r)
+                        log(f'  prealloc run {run + 1} {name:22}: ' + (
+                            f'{r["seconds"]:.2f} s '
+                            f'({size / GiB / r["seconds"]:.2f} GiB/s), '
+                            f'backend {lib.fmt_bytes(r["backend"])}'
+                            if 'error' not in r else 'FAILED: ' + r['error']))
+
+    plug_cases('memfd')
+    # Huge pages only for their cases: reserved, they are gone for the rest.
+    want = PREALLOC_DEV // (2 * MiB) + 64
+    try:
+        got = hugepages(want)[0]
+        if got >= want:
+            out['hugetlb'] = f'{got} huge pages of 2 MiB reserved'
+            log(f'  hugetlbfs: {out["hugetlb"]}')
+            plug_cases('hugetlb')
+        else:
+            out['hugetlb'] = (f'not run: only {got} of {want} huge pages of '
+                              '2 MiB could be reserved')
+            log(f'  hugetlbfs: {out["hugetlb"]}')
+    finally:
+        hugepages(old)
+    cases = []
+    if 'on' in by_key:
+        for threads in PREALLOC_THREADS:
+            cases.append(('on', 'pc-q35-7.2', 'x-prealloc-incoming=on',
+                          threads))
+        cases.append(('on', 'pc-q35-7.2', '', 2))
+    if 'up-on' in by_key:
+        for threads in PREALLOC_THREADS:
+            cases.append(('up-on', 'pc-q35-10.0', '', threads))
+        cases.append(('up-on', 'pc-q35-7.2', '', 2))
+    for run in range(1):        # 16 GiB each: one run
+        for key, machine, props, threads in cases:
+            name = f'{key}/{machine}/{props or "-"}/{threads}'
+            r = prealloc_incoming(by_key[key], by_key[key], machine, props,
+                                  threads, 16 * GiB)
+            out.setdefault('incoming', {}).setdefault(name, []).append(r)
+            log(f'  prealloc incoming run {run + 1} {name:44}: ' + (
+                f'{r["seconds"]:.2f} s, destination +'
+                f'{lib.fmt_bytes(r["dst_rss"])} anonymous'
+                + (f', x-early-migration {r["early"]}' if 'early' in r
+                   else '')
+                if 'error' not in r else 'FAILED: ' + r['error']))
+
+
 def quick(args):
     t0 = time.monotonic()
     passed = failed = skipped = 0
@@ -1200,6 +1415,7 @@ def main():
     # Without KVM: a paused TCG VM (the report says so).
     section('idle-cost', lambda: bench_idle_cost(
         cfgs, sizes, runs, res, per_page, 'kvm' if kvm_ok else 'tcg-paused'))
+    section('prealloc', lambda: bench_prealloc(cfgs, min(runs, 3), res))
     res['meta']['seconds'] = time.monotonic() - t0
     # build/bin/qemu-system-x86_64 may be replaced while we run: say so.
     for c in res['meta']['configs']:
