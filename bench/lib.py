@@ -21,7 +21,11 @@ from vmemqtest import Qtest  # noqa: E402  pylint: disable=C0413
 
 KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
 
-PATCHED = os.path.join(ROOT, 'build', 'bin', 'qemu-system-x86_64')
+# The patched build; $BENCH_PATCHED_QEMU overrides it (e.g. a copy of it
+# while build/bin is being rebuilt).
+PATCHED = os.path.abspath(os.environ.get('BENCH_PATCHED_QEMU') or
+                          os.path.join(ROOT, 'build', 'bin',
+                                       'qemu-system-x86_64'))
 STOCK_DIR = os.path.join(ROOT, 'build', 'peers', 'stock-7.2')
 UPSTREAM = os.path.join(ROOT, 'build', 'peers', 'upstream-10.0',
                         'qemu-system-x86_64')

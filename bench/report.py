@@ -404,6 +404,12 @@ def charts(res, stem):
 
 # -- markdown ----------------------------------------------------------------------------------
 
+def shown_path(path):
+    """A binary's path: relative to the project when inside it."""
+    rel = os.path.relpath(path, lib.ROOT)
+    return path if rel.startswith('..') else rel
+
+
 def table(head, rows):
     out = ['| ' + ' | '.join(head) + ' |',
            '|' + '|'.join('---' for _ in head) + '|']
@@ -720,6 +726,7 @@ def write(res, stem):
         ['kernel', f'{m["kernel"]} (KVM modules: {m["kvm_modules"]}; '
                    f'KVM {m.get("kvm", "?")})'],
         ['runs', f'{m["runs"]} per figure'],
+        ['command', f'`{m.get("command", "bench/run.py")}`'],
         ['total time', f'{m.get("seconds", 0) / 60:.1f} min (' + ', '.join(
             f'{k} {v:.0f} s' for k, v in res.get('times', {}).items()) + ')'],
         ['host metadata per 4 KiB page (boot RAM)',
@@ -727,7 +734,7 @@ def write(res, stem):
     ])
     L.append('')
     L += table(['config', 'binary', 'version', 'virtio-mem properties'], [
-        [c['label'], f'`{os.path.relpath(c["binary"], lib.ROOT)}`',
+        [c['label'], f'`{shown_path(c["binary"])}`',
          c['version'] + (f' (file of {c["built"]})' if c.get('built')
                          else ''), 'unplugged-inaccessible=on' + (
              '' if c['dynamic'] is None else
@@ -1313,77 +1320,207 @@ def vhost_stats(res, name, n, metric='kernel'):
     return summary(r[field] for r in rows if r.get(field) is not None)
 
 
-def med(rows, key):
-    vals = sorted(r[key] for r in rows if 'error' not in r
-                  and r.get(key) is not None)
-    return statistics.median(vals) if vals else None
+PREALLOC_KEYS = ('on', 'stock', 'up-on')
+
+
+def prealloc_stats(per, key, kind, size_g, threads):
+    """summary of the plug seconds of the runs that passed their checks."""
+    rows = per.get('plug', {}).get(f'{key}/{kind}/{size_g}G/{threads}', [])
+    return summary(r['seconds'] for r in rows if 'error' not in r), rows
+
+
+def speedup(slow, fast):
+    """slow / fast of two summaries' medians, as 'N.NNx'."""
+    if not slow or not fast:
+        return '-'
+    return f'{slow["median"] / fast["median"]:.2f}x'
+
+
+def plug_cell(st, rows, size_g):
+    if not st:
+        return miss_text(first_error(rows)) if rows else '-'
+    bad = sum('error' in r for r in rows)
+    return (f'{cell(st, fmt_secs)}, {size_g / st["median"]:.2f} GiB/s' +
+            (f' ({bad} of {len(rows)} failed)' if bad else ''))
 
 
 def prealloc_section(res):
-    """## 9: preallocation with threads."""
+    """## 9: preallocation with the backend's threads (issue 19)."""
     per = res.get('prealloc', {})
-    if not per.get('plug'):
+    if not per.get('plug') and not per.get('membw'):
         return []
     lab = labels(res)
-    bw = per.get('membw', {})
+    have = [k for k in PREALLOC_KEYS if k in lab]
     L = ['## 9. Preallocation (`prealloc=on`) with the backend\'s threads', '']
-    L.append('A paused TCG VM (`-m 1G`, the machine type each binary calls '
-             '`q35`) with a 16 GiB `virtio-mem-pci,prealloc=on` on a shared '
-             'memfd (and, where the host reserved the huge pages, a 2 MiB '
-             'hugetlb memfd) with `prealloc-threads` 1 or 2; the qtest driver '
-             'plugs 4 or 16 GiB in one request. Time from the request to its '
-             'answer, median (min - max) of the runs; each case checks the '
-             'ACK, the size and that the backend holds the plugged bytes. '
-             f'Huge pages: {per.get("hugetlb", "?")}.')
+    L.append('Command: `' + res['meta'].get('command', 'bench/run.py') + '`')
     L.append('')
-    L.append('The machine\'s ceiling, measured in the same run by '
-             '`bench/membw.c` (4 GiB memfd): ' + '; '.join(
-                 f'{t} thread(s): populate with MADV_POPULATE_WRITE '
-                 f'{v["populate"]:.2f} GiB/s, memset of populated memory '
-                 f'{v["memset"]:.2f} GiB/s' for t, v in sorted(bw.items())) +
-             '.')
+    L.append('A paused TCG VM (`-machine pc-q35-7.2 -accel tcg -S -m '
+             '1G,maxmem=17G`, the same machine type for all three binaries) '
+             'with a 16 GiB `virtio-mem-pci,prealloc=on` on '
+             '`memory-backend-memfd,share=on,reserve=off,prealloc-threads=N` '
+             '(4 KiB pages) or the same with `hugetlb=on,hugetlbsize=2M` '
+             '(the backend itself without `prealloc`). The qtest driver '
+             'plugs 4 or 16 GiB in one request (2048 or 8192 blocks of '
+             '2 MiB): the time is from writing the request to its answer. '
+             'Median (min – max) of the runs of the cases whose checks '
+             'passed: the answer is ACK, the device\'s `size` '
+             '(query-memory-devices) is the plugged size, and QEMU\'s '
+             'RssShmem (memfd) or the host\'s HugePages_Free (hugetlb) '
+             'moved by at least the plugged size. Huge pages: '
+             f'{per.get("hugetlb", "not tried")} (nr_hugepages '
+             f'{per.get("hugetlb_before", "?")} before, '
+             f'{per.get("hugetlb_after", "?")} after the run). Each memfd '
+             'case starts 4 s after the previous VM ended (see the note on '
+             'this host below).')
     L.append('')
-    rows = []
+    bw = per.get('membw', {})
+    if bw:
+        L.append('### The machine\'s ceiling (`bench/membw.c`, same run)')
+        L.append('')
+        L.append('A fresh memfd, T threads each on its own share: '
+                 '"populate" is MADV_POPULATE_WRITE of the fresh memfd '
+                 '(what QEMU\'s preallocation does: allocate and zero each '
+                 'page), "memset" writes the populated memory again (the '
+                 'write bandwidth), "repopulate" punches the whole file out '
+                 'and populates it again at once (memory the kernel has '
+                 'just freed).')
+        L.append('')
+        rows = []
+        for name in sorted(bw, key=lambda n: (n.startswith('huge'),
+                                               'first' not in n, n)):
+            m = bw[name]
+            parts = name.split('/')
+            what = (f'{parts[0]} {parts[1].replace("G", " GiB")}' +
+                    (', first touch of the reserved pool' if 'first' in name
+                     else ''))
+            rows.append([what, parts[2], f'{m["populate"]:.2f} GiB/s',
+                         f'{m["memset"]:.2f} GiB/s',
+                         f'{m["repopulate"]:.2f} GiB/s',
+                         m.get('method', '?'),
+                         f'{m["cores_others"]:.1f}' if 'cores_others' in m
+                         else '?'])
+        L += table(['memory', 'threads', 'populate (fresh)', 'memset',
+                    'repopulate', 'populate by', 'cores busy with others'],
+                   rows)
+        L.append('')
     for kind in ('memfd', 'hugetlb'):
-        for key in ('on', 'stock', 'up-on'):
-            for size in (4, 16):
-                r1 = per['plug'].get(f'{key}/{kind}/{size}G/1', [])
-                r2 = per['plug'].get(f'{key}/{kind}/{size}G/2', [])
-                if not r1 and not r2:
-                    continue
-                m1, m2 = med(r1, 'seconds'), med(r2, 'seconds')
-                rows.append([lab.get(key, key), kind, f'{size} GiB',
-                             f'{m1:.2f} s ({size / m1:.2f} GiB/s)' if m1
-                             else first_error(r1) or '-',
-                             f'{m2:.2f} s ({size / m2:.2f} GiB/s)' if m2
-                             else first_error(r2) or '-',
-                             f'{m1 / m2:.2f}x' if m1 and m2 else '-'])
-    L += table(['QEMU', 'backend', 'plugged', '1 thread', '2 threads',
-                'speed-up'], rows)
-    L.append('')
+        if not any(f'/{kind}/' in n for n in per.get('plug', {})):
+            continue
+        L.append(f'### Plug with preallocation: {kind}')
+        L.append('')
+        rows = []
+        for size_g in (4, 16):
+            for t in (1, 2):
+                row = [f'{size_g} GiB', str(t)]
+                st = {}
+                for k in have:
+                    st[k], rows_k = prealloc_stats(per, k, kind, size_g, t)
+                    row.append(plug_cell(st[k], rows_k, size_g))
+                if 'on' in st:
+                    row += [speedup(st.get(k), st['on'])
+                            for k in ('stock', 'up-on') if k in st]
+                rows.append(row)
+        L += table(['plugged', 'threads'] + [lab[k] for k in have] +
+                   [f'{lab[k]} / patched' for k in ('stock', 'up-on')
+                    if k in have and 'on' in have], rows)
+        L.append('')
+        L.append('2 threads against 1 (time with 1 thread / time with 2):')
+        L.append('')
+        rows = []
+        for k in have:
+            row = [lab[k]]
+            for size_g in (4, 16):
+                s1, _ = prealloc_stats(per, k, kind, size_g, 1)
+                s2, _ = prealloc_stats(per, k, kind, size_g, 2)
+                row.append(speedup(s1, s2))
+            rows.append(row)
+        L += table(['QEMU', '4 GiB', '16 GiB'], rows)
+        L.append('')
+        others = [r['cores_others'] for n, rs in per['plug'].items()
+                  if f'/{kind}/' in n for r in rs if 'cores_others' in r]
+        if others:
+            L.append('Other processes of the host kept '
+                     f'{statistics.median(others):.2f} of its '
+                     f'{res["meta"].get("cores", "?")} cores busy during '
+                     f'these requests (median; max {max(others):.2f}).')
+            L.append('')
+        errs = sorted({f'{n}: {r["error"]}' for n, rs in per['plug'].items()
+                       if f'/{kind}/' in n for r in rs if 'error' in r})
+        if errs:
+            L += ['Failed checks or runs:', ''] + [f'- {e}' for e in errs] + ['']
+    fail = per.get('failure', {})
+    if fail:
+        L.append('### A failing preallocation (behaviour check)')
+        L.append('')
+        L.append(f'`memory-backend-file,mem-path=<tmpfs>/mem0,share=on,'
+                 f'prealloc-threads=2` of 4 GiB on a 1 GiB tmpfs mounted by '
+                 'the bench, `prealloc=on`: plug 2 GiB in one request (the '
+                 'tmpfs fills up), then plug 512 MiB. Expected: BUSY, size '
+                 '0 and the tmpfs empty again after the first; ACK, size '
+                 '512 MiB after the second.')
+        L.append('')
+        rows = []
+        for k in have:
+            r = fail.get(k)
+            if r is None:
+                continue
+            if 'error' in r:
+                rows.append([lab[k], r['error'], '', '', '', 'FAIL'])
+                continue
+            rows.append([lab[k], f'{r["resp"]} ({fmt_secs(r["seconds"])})',
+                         fmt_bytes(r['size']) if r['size'] else '0',
+                         fmt_bytes(r['used']) if r['used'] else '0',
+                         f'{r["resp_ok"]}, size {fmt_bytes(r["size_ok"])}, '
+                         f'tmpfs {fmt_bytes(r["used_ok"])}',
+                         'PASS' if r['pass'] else 'FAIL'])
+        L += table(['QEMU', 'plug 2 GiB', 'size after', 'tmpfs used after',
+                    'then plug 512 MiB', 'check'], rows)
+        L.append('')
     inc = per.get('incoming', {})
     if inc:
-        L.append('Incoming migration: 16 GiB plugged on a paused source '
-                 '(shared memfd, never written: all zero pages), migrated '
-                 'over a unix socket into a destination with `prealloc=on` '
-                 'on private anonymous memory (`memory-backend-ram`: a zero '
-                 'page is not written there, so only a preallocation '
-                 'populates it). Destination RssAnon growth and total '
-                 'migration time, median:')
+        L.append('### Incoming migration of 16 GiB plugged')
+        L.append('')
+        L.append('Source: a paused TCG VM of the same binary and machine '
+                 'type, 16 GiB plugged by the qtest driver, never written '
+                 '(every page goes as a zero page), on private anonymous '
+                 'memory (`memory-backend-ram`: the source\'s zero-page check '
+                 'reads the shared zero page, so the source stays small; a '
+                 'memfd source would allocate the 16 GiB while reading them). '
+                 'Destination: `-incoming defer`, `prealloc=on`, '
+                 '`prealloc-threads` 1 or 2, either on `memory-backend-ram` '
+                 '(a zero page received is only read there, so the RssAnon '
+                 'growth is what a preallocation populated) or on a shared '
+                 'memfd (RssShmem; reading an absent shmem page allocates '
+                 'it, so the zero-page check itself populates the memfd). '
+                 '`migrate` over a unix socket; time is the source\'s '
+                 '`total-time`.')
         L.append('')
         rows = []
         for name, rs in inc.items():
-            key, machine, props, threads = name.split('/')
-            early = sorted({str(r.get('early')) for r in rs if 'early' in r})
-            t, rss = med(rs, 'seconds'), med(rs, 'dst_rss')
-            rows.append([lab.get(key, key), machine,
-                         props if props != '-' else
-                         (f'x-early-migration={",".join(early)}' if early
-                          else '(none)'), threads,
-                         f'{t:.2f} s' if t else first_error(rs) or '-',
-                         fmt_bytes(rss) if rss is not None else '-'])
-        L += table(['QEMU', 'machine', 'property', 'threads', 'migration',
-                    'destination preallocated'], rows)
+            key, machine, props, threads, kind = name.split('/')
+            r = rs[0]
+            prop = props if props != '-' else ''
+            for p in ('x-early-migration', 'x-prealloc-incoming'):
+                if p in r and p not in prop:
+                    prop += (', ' if prop else '') + \
+                        f'{p}={"on" if r[p] else "off"}'
+            if 'error' in r:
+                rows.append([lab.get(key, key), machine, prop or '-',
+                             threads, kind, r['error'], '', '', ''])
+                continue
+            field = 'RssAnon' if kind == 'anon' else 'RssShmem'
+            rows.append([lab.get(key, key), machine, prop or '-', threads,
+                         kind, fmt_secs(r['total_time']),
+                         f'{fmt_bytes(r["dst_grown"], True)} {field}',
+                         fmt_bytes(r['dst_size']),
+                         'yes' if kind == 'anon' and
+                         r['dst_grown'] >= 16 * GiB * 0.99 else
+                         'no' if kind == 'anon' else
+                         'populated' if r['dst_grown'] >= 16 * GiB * 0.99
+                         else 'no'])
+        L += table(['QEMU', 'machine', 'properties (destination)', 'threads',
+                    'destination memory', 'migration', 'destination grew',
+                    'size', 'destination preallocated'], rows)
         L.append('')
     return L
 

@@ -45,6 +45,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -975,212 +976,462 @@ PREALLOC_DEV = 16 * GiB
 PREALLOC_SIZES = (4 * GiB, 16 * GiB)
 PREALLOC_THREADS = (1, 2)
 PREALLOC_CFGS = ('on', 'stock', 'up-on')
+PREALLOC_MACHINE = 'pc-q35-7.2'
+HUGE = 2 * MiB
+# The device's 8192 huge pages and some for the rest of the VM's needs.
+HUGE_WANT = PREALLOC_DEV // HUGE + 64
+# A pause after each VM: its memory is freed, each case finds the same
+# state (bench/membw.c populates as fast right after a free as after 8 s).
+PREALLOC_SETTLE = 1.0
+# At most this much memory of ours in use at once (the machine has 24 GiB).
+PREALLOC_CAP = 18 * GiB
+FAIL_TMPFS, FAIL_DEV, FAIL_PLUG, FAIL_OK = 1 * GiB, 4 * GiB, 2 * GiB, 512 * MiB
 
 
-def membw(threads, size_gib=4):
-    """{'populate': GiB/s, 'memset': GiB/s} of bench/membw.c."""
+def membw_exe():
+    """build/bench/membw, (re)built from bench/membw.c when older."""
     exe = os.path.join(lib.ROOT, 'build', 'bench', 'membw')
     src = os.path.join(HERE, 'membw.c')
     if not os.path.exists(exe) or os.path.getmtime(exe) < os.path.getmtime(src):
         os.makedirs(os.path.dirname(exe), exist_ok=True)
         subprocess.run(['gcc', '-O2', '-Wall', '-pthread', '-o', exe, src],
                        check=True)
-    out = subprocess.run([exe, str(size_gib), str(threads)], check=True,
-                         capture_output=True, text=True).stdout
-    return {k: float(v) for k, _, v in (ln.split() for ln in out.splitlines())}
+    return exe
+
+
+def membw(size, threads, hugetlb=False):
+    """bench/membw.c on a fresh memfd of `size`: {'populate', 'memset',
+    'repopulate': GiB/s, 'method': 'madvise'|'touch'}."""
+    b0, t0 = cpu_busy()
+    c0 = os.times()
+    out = subprocess.run([membw_exe(), str(size // MiB), str(threads)] +
+                         (['hugetlb'] if hugetlb else []), check=True,
+                         capture_output=True, text=True, timeout=600).stdout
+    b1, t1 = cpu_busy()
+    c1 = os.times()
+    span = (t1 - t0) / (os.cpu_count() or 1) or 1
+    hz = os.sysconf('SC_CLK_TCK')
+    own = ((c1.children_user + c1.children_system) -
+           (c0.children_user + c0.children_system)) * hz
+    r = {'cores_others': max(0.0, (b1 - b0 - own) / span)}
+    for ln in out.splitlines():
+        k, v = ln.split()
+        r[k] = v if k == 'method' else float(v)
+    return r
 
 
 def hugepages(n=None):
-    """Set (n) and return nr_hugepages (2 MiB) and HugePages_Free."""
+    """Set nr_hugepages (2 MiB pages) to n; return (nr_hugepages,
+    HugePages_Free)."""
     path = '/proc/sys/vm/nr_hugepages'
     if n is not None:
         with open(path, 'w') as f:
             f.write(str(n))
     with open(path) as f:
         total = int(f.read())
-    free = None
+    return total, huge_free()
+
+
+def huge_free():
+    """HugePages_Free (a count: /proc/meminfo gives it without 'kB')."""
     with open('/proc/meminfo') as f:
         for ln in f:
             if ln.startswith('HugePages_Free:'):
-                free = int(ln.split()[1])
-    return total, free
+                return int(ln.split()[1])
+    return None
 
 
-def backend_bytes(pid, kind, free0):
-    """What the device's backend holds: memfd blocks, or huge pages used."""
-    if kind == 'hugetlb':
-        return (free0 - hugepages()[1]) * 2 * MiB
-    for name in os.listdir(f'/proc/{pid}/fd'):
-        p = f'/proc/{pid}/fd/{name}'
-        try:
-            if os.readlink(p).startswith('/memfd:mem0') or (
-                    os.readlink(p).startswith('/memfd:') and
-                    os.stat(p).st_size == PREALLOC_DEV):
-                return os.stat(p).st_blocks * 512
-        except OSError:
-            continue
+def newest_q35(binary):
+    """The machine type `q35` stands for in this binary."""
+    out = subprocess.run([binary, '-machine', 'help'], capture_output=True,
+                         text=True, timeout=30, check=False).stdout
+    m = re.search(r'^q35\s.*\(alias of (\S+)\)', out, re.M)
+    return m.group(1) if m else 'q35'
+
+
+def prealloc_args(cfg, backend, props='', machine=PREALLOC_MACHINE,
+                  dev_size=PREALLOC_DEV):
+    """A paused TCG VM, 1 GiB of boot RAM, one virtio-mem-pci (cfg's
+    properties plus `props`) on the object `backend` (id mem0)."""
+    return (['-machine', machine, '-nodefaults'] + cfg.fw_args +
+            ['-accel', 'tcg', '-S', '-cpu', 'qemu64,phys-bits=48',
+             '-m', f'1G,maxmem={(GiB + dev_size) // MiB}M',
+             '-object', f'{backend},id=mem0,size={dev_size // MiB}M',
+             '-device', 'virtio-mem-pci,id=vmem0,memdev=mem0,requested-size=0,'
+             f'{cfg.vmem_props()}' + (f',{props}' if props else '')])
+
+
+def vmem_size(vm):
+    """The device's `size` as query-memory-devices reports it."""
+    for d in vm.qmp('query-memory-devices'):
+        if d.get('type') == 'virtio-mem' and d['data'].get('id') == 'vmem0':
+            return d['data']['size']
+    return None
+
+
+def timed_request(vm, dev, typ, addr, nb, timeout=600):
+    """One request, its answer awaited up to `timeout` (a 16 GiB
+    preallocation takes a minute or more here) -> (answer name, seconds)."""
+    assert 0 < nb <= 0xffff, nb          # the request's 16-bit block count
+    vm.qt._sock.settimeout(timeout)      # pylint: disable=protected-access
+    t0 = time.monotonic()
+    slots = dev.submit([(typ, addr, nb)])
+    dev.wait(1, timeout)
+    secs = time.monotonic() - t0
+    resp = dev.responses(slots)[0][0]
+    return vq.RESP_NAMES.get(resp, str(resp)), secs
+
+
+def cpu_busy():
+    """(busy, total) jiffies of all CPUs (/proc/stat)."""
+    with open('/proc/stat') as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + v[4]
+    return sum(v[:8]) - idle, sum(v[:8])
+
+
+def proc_cpu(pid):
+    """utime + stime of pid, in jiffies."""
+    with open(f'/proc/{pid}/stat') as f:
+        v = f.read().rsplit(')', 1)[1].split()
+    return int(v[11]) + int(v[12])
+
+
+class CpuWatch:
+    """Cores busy in total and by one QEMU over a stretch of time: what
+    other processes took from the 2 cores while we measured."""
+
+    def __init__(self, pid):
+        self.pid = pid
+        self.b0, self.t0 = cpu_busy()
+        self.q0 = proc_cpu(pid)
+
+    def done(self, r):
+        b1, t1 = cpu_busy()
+        q1 = proc_cpu(self.pid)
+        cores = os.cpu_count() or 1
+        span = (t1 - self.t0) / cores or 1
+        r['cores_busy'] = (b1 - self.b0) / span
+        r['cores_qemu'] = (q1 - self.q0) / span
+        r['cores_others'] = max(0.0, r['cores_busy'] - r['cores_qemu'])
+
+
+def room_for(need):
+    """None if `need` more bytes fit (our cap, and MemAvailable keeps
+    2 GiB), else why the case is not run."""
+    avail = lib.mem_available()
+    if need > PREALLOC_CAP or avail < need + 2 * GiB:
+        return (f'not run: needs {lib.fmt_bytes(need)}, MemAvailable '
+                f'{lib.fmt_bytes(avail)} (keeps 2 GiB; cap '
+                f'{lib.fmt_bytes(PREALLOC_CAP)})')
     return None
 
 
 def prealloc_plug(cfg, kind, threads, size):
-    """One paused TCG VM: plug `size` with prealloc=on in one request."""
-    backend = ('memory-backend-memfd' + (',hugetlb=on,hugetlbsize=2M'
-                                         if kind == 'hugetlb' else '')
-               + f',share=on,prealloc-threads={threads}')
-    args = lib.machine_args(cfg, 'tcg-paused', dev_size=PREALLOC_DEV,
-                            backend=backend, props='prealloc=on')
+    """One paused TCG VM: plug `size` with prealloc=on in one request and
+    check that it really was preallocated."""
+    backend = ('memory-backend-memfd,share=on,reserve=off' +
+               (',hugetlb=on,hugetlbsize=2M' if kind == 'hugetlb' else '') +
+               f',prealloc-threads={threads}')
     r = {}
-    free0 = hugepages()[1] if kind == 'hugetlb' else None
+    why = room_for(size) if kind == 'memfd' else None
+    if why:
+        return {'error': why}
     try:
-        with VM(cfg.binary, args, qtest=True) as vm:
+        with VM(cfg.binary, prealloc_args(cfg, backend, 'prealloc=on'),
+                qtest=True) as vm:
             dev = vq.VirtioMem(vm.qt).init()
+            r['block_size'] = dev.block_size
             vm.qmp('qom-set', path=DEV, property='requested-size', value=size)
-            t0 = time.monotonic()
-            resp, _ = dev.request(vq.PLUG, dev.addr, size // dev.block_size,
-                                  check=False)
-            r['seconds'] = time.monotonic() - t0
-            r['resp'] = vq.RESP_NAMES.get(resp, resp)
-            r['size'] = dev.plugged_size()
-            r['backend'] = backend_bytes(vm.pid, kind, free0)
-            if r['resp'] != 'ACK' or r['size'] != size or \
-                    (r['backend'] is not None and r['backend'] < size):
-                r['error'] = (f'{r["resp"]}, size {lib.fmt_bytes(r["size"])}, '
-                              f'backend holds {lib.fmt_bytes(r["backend"])}')
+            if kind == 'hugetlb':
+                before = huge_free()
+            else:
+                before = lib.proc_status(vm.pid, 'RssShmem')
+            watch = CpuWatch(vm.pid)
+            r['resp'], r['seconds'] = timed_request(
+                vm, dev, vq.PLUG, dev.addr, size // dev.block_size)
+            watch.done(r)
+            r['size'] = vmem_size(vm)
+            if kind == 'hugetlb':
+                r['grown'] = (before - huge_free()) * HUGE
+            else:
+                r['grown'] = lib.proc_status(vm.pid, 'RssShmem') - before
+            r['ok'] = (r['resp'] == 'ACK' and r['size'] == size and
+                       r['grown'] >= size)
+            if not r['ok']:
+                r['error'] = (f'{r["resp"]}, size {lib.fmt_bytes(r["size"])}'
+                              f', backend grew {lib.fmt_bytes(r["grown"])}')
     except (VMStartError, OSError, RuntimeError, vq.QtestError) as exc:
         r['error'] = err_text(exc)
+    time.sleep(PREALLOC_SETTLE if kind == 'memfd' else 0.5)
     return r
 
 
-def prealloc_incoming(src_cfg, dst_cfg, machine, props, threads, size):
-    """Migrate `size` plugged (never written, memfd) into a destination with
-    prealloc=on on private anonymous memory; its RssAnon growth says what
-    was preallocated (a zero page the source sends is not written)."""
-    def args(cfg, extra_props, backend):
-        a = lib.machine_args(cfg, 'tcg-paused', dev_size=PREALLOC_DEV,
-                             backend=backend, props=extra_props)
-        return a + ['-machine', machine]
+def tmpfs_used(path):
+    st = os.statvfs(path)
+    return (st.f_blocks - st.f_bfree) * st.f_frsize
+
+
+def prealloc_failure(cfg):
+    """A preallocation that fails (a 4 GiB file on a 1 GiB tmpfs, 2 GiB
+    plugged at 2 threads) must be answered BUSY and leave nothing behind;
+    then 512 MiB plug fine."""
+    mnt = tempfile.mkdtemp(prefix='bench-tmpfs-')
     r = {}
-    dst_props = 'prealloc=on' + (',' + props if props else '')
-    src_props = props
+    mounted = False
+    try:
+        subprocess.run(['mount', '-t', 'tmpfs', '-o',
+                        f'size={FAIL_TMPFS // MiB}M', 'bench-prealloc', mnt],
+                       check=True, capture_output=True, text=True)
+        mounted = True
+        backend = (f'memory-backend-file,mem-path={mnt}/mem0,share=on,'
+                   'prealloc-threads=2')
+        with VM(cfg.binary, prealloc_args(cfg, backend, 'prealloc=on',
+                                          dev_size=FAIL_DEV),
+                qtest=True) as vm:
+            dev = vq.VirtioMem(vm.qt).init()
+            vm.qmp('qom-set', path=DEV, property='requested-size',
+                   value=FAIL_DEV)
+            r['used_before'] = tmpfs_used(mnt)
+            r['resp'], r['seconds'] = timed_request(
+                vm, dev, vq.PLUG, dev.addr, FAIL_PLUG // dev.block_size)
+            r['size'] = vmem_size(vm)
+            r['used'] = tmpfs_used(mnt)
+            r['resp_ok'], _ = timed_request(
+                vm, dev, vq.PLUG, dev.addr, FAIL_OK // dev.block_size)
+            r['size_ok'] = vmem_size(vm)
+            r['used_ok'] = tmpfs_used(mnt)
+        r['pass'] = (r['resp'] == 'BUSY' and r['size'] == 0 and
+                     r['used'] <= 4 * MiB and r['resp_ok'] == 'ACK' and
+                     r['size_ok'] == FAIL_OK and r['used_ok'] >= FAIL_OK)
+    except (VMStartError, OSError, RuntimeError, vq.QtestError,
+            subprocess.CalledProcessError) as exc:
+        r['error'] = err_text(exc) + (
+            f' ({exc.stderr.strip()})' if getattr(exc, 'stderr', None) else '')
+        r['pass'] = False
+    finally:
+        if mounted:
+            subprocess.run(['umount', mnt], check=False)
+        shutil.rmtree(mnt, ignore_errors=True)
+    return r
+
+
+def prealloc_incoming(cfg, machine, props, threads, kind, size=16 * GiB):
+    """Migrate `size` plugged (never written: all zero pages) from a paused
+    source on private anonymous memory (a zero page read there maps the
+    shared zero page: the source stays small) into a destination with
+    prealloc=on and prealloc-threads=`threads` on `kind` memory: 'anon'
+    (memory-backend-ram: a zero page received is read, not written, so only
+    a preallocation populates it) or 'memfd' (shared: reading an absent page
+    allocates it).  What the destination holds afterwards: RssAnon /
+    RssShmem growth."""
+    why = room_for(size + 512 * MiB)
+    if why:
+        return {'error': why}
+    src_be = 'memory-backend-ram,reserve=off'
+    dst_be = ('memory-backend-ram,reserve=off' if kind == 'anon' else
+              'memory-backend-memfd,share=on,reserve=off') + \
+        f',prealloc-threads={threads}'
+    field = 'RssAnon' if kind == 'anon' else 'RssShmem'
+    r = {}
     tmp = tempfile.mkdtemp(prefix='bench-mig-')
     uri = 'unix:' + os.path.join(tmp, 'mig.sock')
     try:
-        with VM(src_cfg.binary, args(src_cfg, src_props,
-                                     'memory-backend-memfd,share=on'),
+        with VM(cfg.binary, prealloc_args(cfg, src_be, props, machine),
                 qtest=True) as src, \
-                VM(dst_cfg.binary, args(dst_cfg, dst_props,
-                                        'memory-backend-ram,prealloc-threads='
-                                        f'{threads}')
-                   + ['-incoming', 'defer']) as dst:
+                VM(cfg.binary, prealloc_args(
+                    cfg, dst_be, 'prealloc=on' + (f',{props}' if props else ''),
+                    machine) + ['-incoming', 'defer']) as dst:
             dev = vq.VirtioMem(src.qt).init()
             src.qmp('qom-set', path=DEV, property='requested-size',
                     value=size)
             dev.plug(0, size)
-            if dst_cfg.key.startswith('up'):
-                r['early'] = dst.qmp('qom-get', path=DEV + '/virtio-backend',
-                                     property='x-early-migration')
-            rss0 = lib.proc_status(dst.pid, 'RssAnon')
+            for prop in ('x-early-migration', 'x-prealloc-incoming'):
+                try:
+                    r[prop] = dst.qmp('qom-get', path=DEV + '/virtio-backend',
+                                      property=prop)
+                except RuntimeError:
+                    pass            # the binary has no such property
+            rss0 = lib.proc_status(dst.pid, field)
+            src_rss0 = lib.proc_status(src.pid, 'VmRSS')
             dst.qmp('migrate-incoming', uri=uri)
-            src.qmp('migrate-set-parameters', **{'max-bandwidth': 8 * GiB})
+            src.qmp('migrate-set-parameters', **{'max-bandwidth': 64 * GiB})
             t0 = time.monotonic()
+            watch = CpuWatch(dst.pid)
             src.qmp('migrate', uri=uri)
+            peak = 0
             while True:
                 st = src.qmp('query-migrate')
+                peak = max(peak, lib.proc_status(dst.pid, field) - rss0)
                 if st['status'] in ('completed', 'failed', 'cancelled'):
                     break
-                if time.monotonic() - t0 > 300:
+                if time.monotonic() - t0 > 400:
                     src.qmp('migrate_cancel')
-                time.sleep(0.05)
-            r['seconds'] = time.monotonic() - t0
+                time.sleep(0.1)
+            r['wall'] = time.monotonic() - t0
             r['status'] = st['status']
+            r['total_time'] = st.get('total-time', 0) / 1000
+            r['transferred'] = st.get('ram', {}).get('transferred')
+            r['zero_pages'] = st.get('ram', {}).get('duplicate')
             while dst.qmp('query-status')['status'] == 'inmigrate' and \
-                    time.monotonic() - t0 < 360:
-                time.sleep(0.05)
-            r['dst_rss'] = lib.proc_status(dst.pid, 'RssAnon') - rss0
-            if r['status'] != 'completed':
-                r['error'] = f'migration {r["status"]}'
+                    time.monotonic() - t0 < 460:
+                time.sleep(0.1)
+            watch.done(r)
+            r['dst_status'] = dst.qmp('query-status')['status']
+            r['dst_grown'] = lib.proc_status(dst.pid, field) - rss0
+            r['dst_peak'] = max(peak, r['dst_grown'])
+            r['dst_size'] = vmem_size(dst)
+            r['src_grown'] = lib.proc_status(src.pid, 'VmRSS') - src_rss0
+            if r['status'] != 'completed' or r['dst_size'] != size:
+                r['error'] = (f'migration {r["status"]}, destination size '
+                              f'{lib.fmt_bytes(r["dst_size"])}')
     except Exception as exc:   # pylint: disable=broad-except
         # e.g. the destination killed by the host's OOM killer
         r['error'] = err_text(exc)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    time.sleep(PREALLOC_SETTLE)
     return r
 
 
 def bench_prealloc(cfgs, runs, res):
+    """Section 9: see bench/README.md."""
     out = res.setdefault('prealloc', {})
     by_key = {c.key: c for c in cfgs}
-    # This host is itself a VM whose memory the hypervisor backs on first
-    # touch: the first pass over memory is several times slower than the
-    # next ones.  Touch 16 GiB once first, and alternate the thread order.
-    out['warmup'] = membw(2, 16)
-    log(f'  warm-up (16 GiB, 2 threads): populate '
-        f'{out["warmup"]["populate"]:.2f} GiB/s')
-    out['membw'] = {str(t): membw(t) for t in PREALLOC_THREADS}
-    for t in PREALLOC_THREADS:
-        log(f'  memory bandwidth, {t} thread(s): populate a fresh memfd '
-            f'{out["membw"][str(t)]["populate"]:.2f} GiB/s, memset populated '
-            f'memory {out["membw"][str(t)]["memset"]:.2f} GiB/s')
-    old = hugepages()[0]
-    # Give the huge pages back also when the run is stopped (SIGTERM).
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    keys = [k for k in PREALLOC_CFGS if k in by_key]
+    t_start = time.monotonic()
 
-    def plug_cases(kind):
-        for run in range(runs):
-            for key in PREALLOC_CFGS:
-                if key not in by_key:
+    def plug_cases(kind, runs_small, runs_big):
+        for run in range(max(runs_small, runs_big)):
+            for size in PREALLOC_SIZES:
+                if run >= (runs_big if size > 4 * GiB else runs_small):
                     continue
-                for size in PREALLOC_SIZES:
-                    if size > 4 * GiB and run >= 1:
-                        continue    # one run of the long cases
-                    for threads in PREALLOC_THREADS[::1 if run % 2 else -1]:
-                        name = f'{key}/{kind}/{size // GiB}G/{threads}'
-                        r = prealloc_plug(by_key[key], kind, threads, size)
-                        out.setdefault('plug', {}).setdefault(
-                            name, []).append(r)
-                        log(f'  prealloc run {run + 1} {name:22}: ' + (
-                            f'{r["seconds"]:.2f} s '
-                            f'({size / GiB / r["seconds"]:.2f} GiB/s), '
-                            f'backend {lib.fmt_bytes(r["backend"])}'
-                            if 'error' not in r else 'FAILED: ' + r['error']))
+                # The configurations and thread counts take turns, in a
+                # different order each run.
+                order = [(k, t) for t in PREALLOC_THREADS for k in keys]
+                shift = run % len(order)
+                order = order[shift:] + order[:shift]
+                if run % 2:
+                    order.reverse()
+                for key, threads in order:
+                    name = f'{key}/{kind}/{size // GiB}G/{threads}'
+                    r = prealloc_plug(by_key[key], kind, threads, size)
+                    out.setdefault('plug', {}).setdefault(name, []).append(r)
+                    log(f'  plug run {run + 1} {name:20}: ' + (
+                        f'{r["resp"]} in {r["seconds"]:6.2f} s '
+                        f'({size / GiB / r["seconds"]:5.2f} GiB/s), size '
+                        f'{lib.fmt_bytes(r["size"])}, backend +'
+                        f'{lib.fmt_bytes(r["grown"])}, cores busy '
+                        f'{r["cores_qemu"]:.1f} QEMU + '
+                        f'{r["cores_others"]:.1f} others'
+                        if 'error' not in r else 'FAILED: ' + r['error']))
 
-    plug_cases('memfd')
-    # Huge pages only for their cases: reserved, they are gone for the rest.
-    want = PREALLOC_DEV // (2 * MiB) + 64
+    # (b) the machine's ceiling, 4 KiB pages
+    time.sleep(PREALLOC_SETTLE)
+    bw = out.setdefault('membw', {})
+    for t in PREALLOC_THREADS:
+        bw[f'memfd/4G/{t}'] = m = membw(4 * GiB, t)
+        log(f'  membw memfd 4 GiB, {t} thread(s): populate '
+            f'{m["populate"]:.2f} GiB/s ({m["method"]}), memset '
+            f'{m["memset"]:.2f} GiB/s, repopulate {m["repopulate"]:.2f} '
+            f'GiB/s; others busy {m["cores_others"]:.1f} cores')
+        time.sleep(PREALLOC_SETTLE)
+
+    # (a) memfd
+    plug_cases('memfd', runs, 1)
+
+    # (a) hugetlb: the pool reserved for these cases only, and given back
+    # (also when the run is stopped: SIGTERM, SIGHUP, Ctrl-C).
+    def stop(signum, _frame):
+        raise SystemExit(128 + signum)
+    old_handlers = {s: signal.signal(s, stop)
+                    for s in (signal.SIGTERM, signal.SIGHUP)}
+    old = None
     try:
-        got = hugepages(want)[0]
-        if got >= want:
-            out['hugetlb'] = f'{got} huge pages of 2 MiB reserved'
-            log(f'  hugetlbfs: {out["hugetlb"]}')
-            plug_cases('hugetlb')
+        old = hugepages()[0]
+        out['hugetlb_before'] = old
+        got = old
+        for _ in range(3):     # the kernel compacts memory on each try
+            if got >= HUGE_WANT:
+                break
+            got = hugepages(HUGE_WANT)[0]
+            if got < HUGE_WANT:
+                time.sleep(2)
+        if got < HUGE_WANT or huge_free() < HUGE_WANT:
+            out['hugetlb'] = (f'skipped: only {got} of {HUGE_WANT} huge pages '
+                              f'of 2 MiB could be reserved ({huge_free()} '
+                              'free)')
+            log(f'  hugetlb: {out["hugetlb"]}')
         else:
-            out['hugetlb'] = (f'not run: only {got} of {want} huge pages of '
-                              '2 MiB could be reserved')
-            log(f'  hugetlbfs: {out["hugetlb"]}')
+            out['hugetlb'] = f'{got} huge pages of 2 MiB reserved'
+            log(f'  hugetlb: {out["hugetlb"]} (nr_hugepages was {old})')
+            # The pool's pages were given to the kernel by the hypervisor
+            # on first touch only: touch them all once (measured too).
+            bw['hugetlb/16G/2/first'] = m = membw(PREALLOC_DEV, 2, True)
+            log(f'  membw hugetlb 16 GiB, 2 threads, first touch of the '
+                f'pool: populate {m["populate"]:.2f} GiB/s, then repopulate '
+                f'{m["repopulate"]:.2f} GiB/s')
+            for t in PREALLOC_THREADS:
+                bw[f'hugetlb/16G/{t}'] = m = membw(PREALLOC_DEV, t, True)
+                log(f'  membw hugetlb 16 GiB, {t} thread(s): populate '
+                    f'{m["populate"]:.2f} GiB/s, memset {m["memset"]:.2f} '
+                    f'GiB/s, repopulate {m["repopulate"]:.2f} GiB/s')
+            plug_cases('hugetlb', runs, min(runs, 2))
+    except OSError as exc:
+        out['hugetlb'] = f'skipped: {err_text(exc)}'
+        log(f'  hugetlb: {out["hugetlb"]}')
     finally:
-        hugepages(old)
+        if old is not None:
+            hugepages(old)
+            out['hugetlb_after'] = hugepages()[0]
+            log(f'  hugetlb: nr_hugepages back to {out["hugetlb_after"]} '
+                f'(was {old})')
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+
+    # (c) a failing preallocation
+    for key in keys:
+        r = prealloc_failure(by_key[key])
+        out.setdefault('failure', {})[key] = r
+        log(f'  failure {key:6}: ' + (
+            f'2 GiB on a 1 GiB tmpfs: {r["resp"]} after {r["seconds"]:.2f} s,'
+            f' size {lib.fmt_bytes(r["size"])}, tmpfs used '
+            f'{lib.fmt_bytes(r["used"])}; then 512 MiB: {r["resp_ok"]}, size '
+            f'{lib.fmt_bytes(r["size_ok"])}, tmpfs used '
+            f'{lib.fmt_bytes(r["used_ok"])}' if 'error' not in r else
+            'FAILED: ' + r['error']) + f' -> {"PASS" if r["pass"] else "FAIL"}')
+
+    # (d) incoming migration
     cases = []
     if 'on' in by_key:
-        for threads in PREALLOC_THREADS:
-            cases.append(('on', 'pc-q35-7.2', 'x-prealloc-incoming=on',
-                          threads))
-        cases.append(('on', 'pc-q35-7.2', '', 2))
+        cases += [('on', PREALLOC_MACHINE, '', t, 'anon')
+                  for t in PREALLOC_THREADS]
+        if 'x-prealloc-incoming' in lib.device_help(by_key['on'].binary):
+            cases += [('on', PREALLOC_MACHINE, 'x-prealloc-incoming=on', t,
+                       'anon') for t in PREALLOC_THREADS]
     if 'up-on' in by_key:
-        for threads in PREALLOC_THREADS:
-            cases.append(('up-on', 'pc-q35-10.0', '', threads))
-        cases.append(('up-on', 'pc-q35-7.2', '', 2))
-    for run in range(1):        # 16 GiB each: one run
-        for key, machine, props, threads in cases:
-            name = f'{key}/{machine}/{props or "-"}/{threads}'
-            r = prealloc_incoming(by_key[key], by_key[key], machine, props,
-                                  threads, 16 * GiB)
-            out.setdefault('incoming', {}).setdefault(name, []).append(r)
-            log(f'  prealloc incoming run {run + 1} {name:44}: ' + (
-                f'{r["seconds"]:.2f} s, destination +'
-                f'{lib.fmt_bytes(r["dst_rss"])} anonymous'
-                + (f', x-early-migration {r["early"]}' if 'early' in r
-                   else '')
-                if 'error' not in r else 'FAILED: ' + r['error']))
+        own = newest_q35(by_key['up-on'].binary)
+        cases += [('up-on', m, '', t, 'anon') for m in (PREALLOC_MACHINE, own)
+                  for t in PREALLOC_THREADS]
+    if 'on' in by_key:
+        cases.append(('on', PREALLOC_MACHINE, '', 2, 'memfd'))
+    if 'up-on' in by_key:
+        cases.append(('up-on', own, '', 2, 'memfd'))
+    for key, machine, props, threads, kind in cases:
+        name = f'{key}/{machine}/{props or "-"}/{threads}/{kind}'
+        r = prealloc_incoming(by_key[key], machine, props, threads, kind)
+        out.setdefault('incoming', {}).setdefault(name, []).append(r)
+        log(f'  incoming {name:45}: ' + (
+            f'{r["total_time"]:.2f} s, destination '
+            f'+{lib.fmt_bytes(r["dst_grown"])} '
+            f'{"RssAnon" if kind == "anon" else "RssShmem"} (peak '
+            f'+{lib.fmt_bytes(r["dst_peak"])}), size '
+            f'{lib.fmt_bytes(r["dst_size"])}' +
+            ''.join(f', {p} {r[p]}' for p in ('x-early-migration',
+                                              'x-prealloc-incoming')
+                    if p in r)
+            if 'error' not in r else 'FAILED: ' + r['error']))
+    out['seconds'] = time.monotonic() - t_start
 
 
 def quick(args):
@@ -1325,6 +1576,9 @@ def main():
                     help='its name in the report (default: %(default)s)')
     ap.add_argument('--out', default=os.path.join(HERE, 'results'),
                     help='directory for the results')
+    ap.add_argument('--name', default='',
+                    help='results are OUT/<date>-NAME.{json,md} and '
+                    'OUT/<date>-NAME-*.png (default: the host name)')
     ap.add_argument('--report', metavar='JSON',
                     help='only regenerate the report from saved results')
     args = ap.parse_args()
@@ -1349,6 +1603,11 @@ def main():
     if args.configs:
         cfgs = [c for c in cfgs if c.key in args.configs.split(',')]
     res = {'meta': meta(cfgs, runs), 'times': {}}
+    # How this run was started (the patched binary's override included).
+    env = os.environ.get('BENCH_PATCHED_QEMU')
+    res['meta']['command'] = ' '.join(
+        ([f'BENCH_PATCHED_QEMU={shlex.quote(env)}'] if env else []) +
+        ['python3', 'bench/run.py'] + [shlex.quote(a) for a in sys.argv[1:]])
     for c in res['meta']['configs']:
         log(f'{c["key"]:7} {c["binary"]}\n        {c["version"]}')
     kvm_ok, why = lib.kvm_usable()
@@ -1428,7 +1687,8 @@ def main():
                 'either build')
 
     os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, f'{res["meta"]["date"]}-{res["meta"]["host"]}')
+    stem = os.path.join(args.out, f'{res["meta"]["date"]}-'
+                        f'{args.name or res["meta"]["host"]}')
     with open(stem + '.json', 'w') as f:
         json.dump(res, f, indent=1, sort_keys=True)
     md = report.write(res, stem)
