@@ -2,7 +2,7 @@
  * Memory bandwidth ceilings of bench section 9 (preallocation), built by
  * bench/run.py into build/bench/membw (gcc, no other dependency).
  *
- *   membw SIZE_MIB THREADS [hugetlb]
+ *   membw SIZE_MIB THREADS [hugetlb] [once]
  *
  * On a fresh memfd of SIZE_MIB (4 KiB pages, or 2 MiB hugetlb pages with
  * "hugetlb"), THREADS threads, each on its own contiguous share:
@@ -18,6 +18,7 @@
  *               (unless the host reclaimed it meanwhile) allocation and
  *               zeroing only.
  *
+ * "once": populate only (a warm-up pass).
  * Prints "NAME GIB_PER_S" lines, plus "method madvise|touch".
  */
 #define _GNU_SOURCE
@@ -94,16 +95,24 @@ static double run(char *area, size_t size, size_t page, int threads, int what)
 int main(int argc, char **argv)
 {
     size_t size, page = 4096;
-    int threads, fd, huge;
+    int threads, fd, huge = 0, once = 0;
     char *area;
     double gib;
 
-    if (argc < 3 || argc > 4 || (threads = atoi(argv[2])) < 1 ||
-        threads > 64 || atol(argv[1]) < 2) {
-        fprintf(stderr, "usage: membw SIZE_MIB THREADS [hugetlb]\n");
+    for (int i = 3; i < argc; i++) {
+        if (!strcmp(argv[i], "hugetlb")) {
+            huge = 1;
+        } else if (!strcmp(argv[i], "once")) {
+            once = 1;
+        } else {
+            argc = 0;
+        }
+    }
+    if (argc < 3 || (threads = atoi(argv[2])) < 1 || threads > 64 ||
+        atol(argv[1]) < 2) {
+        fprintf(stderr, "usage: membw SIZE_MIB THREADS [hugetlb] [once]\n");
         return 2;
     }
-    huge = argc == 4 && !strcmp(argv[3], "hugetlb");
     if (huge) {
         page = 2 << 20;
     }
@@ -123,6 +132,10 @@ int main(int argc, char **argv)
         return 1;
     }
     printf("populate %.3f\n", gib / run(area, size, page, threads, POPULATE));
+    if (once) {
+        printf("method %s\n", touched ? "touch" : "madvise");
+        return 0;
+    }
     printf("memset %.3f\n", gib / run(area, size, page, threads, MEMSET));
     if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, size)) {
         perror("fallocate");

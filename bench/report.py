@@ -1340,8 +1340,76 @@ def plug_cell(st, rows, size_g):
     if not st:
         return miss_text(first_error(rows)) if rows else '-'
     bad = sum('error' in r for r in rows)
+    thr = sorted({r['threads_extra'] for r in rows if 'threads_extra' in r})
     return (f'{cell(st, fmt_secs)}, {size_g / st["median"]:.2f} GiB/s' +
+            (f', +{"/".join(map(str, thr))} thr' if thr else '') +
             (f' ({bad} of {len(rows)} failed)' if bad else ''))
+
+
+MEMBW_NOTES = {'first': 'first pass (warm-up before the cases)',
+               'incoming': 'warm-up before the preallocating destinations'}
+
+
+def prealloc_summary(per, lab, have):
+    """The section's findings, computed from the run."""
+    L = ['Summary of this run:', '']
+    thr = {}
+    for n, rs in per.get('plug', {}).items():
+        key, _, _, t = n.split('/')
+        for r in rs:
+            if 'threads_extra' in r:
+                thr.setdefault((key, t), set()).add(r['threads_extra'])
+    if thr:
+        L.append('- threads QEMU started for one plug request, '
+                 '`prealloc-threads` 1 / 2: ' + '; '.join(
+                     f'{lab[k]} ' + ' / '.join(
+                         '+' + ','.join(map(str, sorted(thr.get((k, t), {'?'}))))
+                         for t in ('1', '2')) for k in have))
+    for kind in ('memfd', 'hugetlb'):
+        parts = []
+        for k in have:
+            sp = []
+            for size_g in (4, 16):
+                s1, _ = prealloc_stats(per, k, kind, size_g, 1)
+                s2, _ = prealloc_stats(per, k, kind, size_g, 2)
+                sp.append(f'{size_g} GiB {speedup(s1, s2)}')
+            parts.append(f'{lab[k]} ' + ', '.join(sp))
+        if any(f'/{kind}/' in n for n in per.get('plug', {})):
+            L.append(f'- {kind}: time with 1 thread / time with 2: ' +
+                     '; '.join(parts))
+    bw = per.get('membw', {})
+    ceil = [f'{n.split("/")[0]} {n.split("/")[2]} thread(s) populate '
+            f'{m["populate"]:.1f}, memset {m["memset"]:.1f} GiB/s'
+            for n, m in sorted(bw.items()) if len(n.split('/')) == 3]
+    first = bw.get('hugetlb/16G/2/first')
+    if first:
+        ceil.append(f'first touch of memory unused for a while (hugetlb '
+                    f'pool, 2 threads) {first["populate"]:.2f} GiB/s')
+    if ceil:
+        L.append('- ceiling (GiB/s): ' + '; '.join(ceil))
+    fail = per.get('failure', {})
+    if fail:
+        L.append('- failing preallocation answered BUSY, nothing left, then '
+                 '512 MiB ACKed: ' + ', '.join(
+                     f'{lab[k]} {"PASS" if fail[k].get("pass") else "FAIL"}'
+                     for k in have if k in fail))
+    inc = per.get('incoming', {})
+    pre = {}
+    for n, rs in inc.items():
+        key, machine, props, _, kind = n.split('/')
+        r = rs[0]
+        if kind != 'anon' or 'error' in r:
+            continue
+        what = f'{lab.get(key, key)}, {machine}' + (
+            f', {props}' if props != '-' else '')
+        pre.setdefault(what, []).append(r['dst_grown'] >= 16 * GiB * 0.99)
+    if pre:
+        L.append('- incoming migration, the destination preallocated the '
+                 'plugged 16 GiB before the guest could touch it: ' +
+                 '; '.join(f'{w}: {"yes" if all(v) else "no" if not any(v) else "partly"}'
+                           for w, v in pre.items()))
+    L.append('')
+    return L
 
 
 def prealloc_section(res):
@@ -1369,10 +1437,31 @@ def prealloc_section(res):
              'moved by at least the plugged size. Huge pages: '
              f'{per.get("hugetlb", "not tried")} (nr_hugepages '
              f'{per.get("hugetlb_before", "?")} before, '
-             f'{per.get("hugetlb_after", "?")} after the run). Each memfd '
-             'case starts 4 s after the previous VM ended (see the note on '
-             'this host below).')
+             f'{per.get("hugetlb_after", "?")} after the run). Each case '
+             'starts 1 s after the previous VM ended; "thr" is the most '
+             'threads QEMU had during the request beyond those before it '
+             '(polled every 2 ms): the preallocation threads.')
     L.append('')
+    L.append('This host is itself a VM (2 vCPUs): memory that was not used '
+             'for a while is backed by the hypervisor on its first touch, '
+             'which is slower than anything measured here (the first touch '
+             'of the hugetlb pool in the table below); memory freed a '
+             'moment ago is still backed (the kernel reports free memory '
+             'to the hypervisor gradually). A 4 GiB case mostly reuses '
+             'memory the previous case freed and populates it at the '
+             'kernel\'s rate ("populate" of `membw`); a 16 GiB one also '
+             'takes memory unused for a while, so its rate depends on what '
+             'ran before it. The hugetlb pool stays backed once touched, '
+             'and is touched once before its cases; the first '
+             'preallocating incoming case is run once more before them '
+             '(not counted). Other '
+             'processes of the host ran during the run (their share of the '
+             'cores is given). '
+             'Stock 7.2 and upstream 10.0 plug 16 GiB of memfd only with '
+             '`prealloc-threads=2` (a minute each here; they use one thread '
+             'at either setting, see "thr").')
+    L.append('')
+    L += prealloc_summary(per, lab, have)
     bw = per.get('membw', {})
     if bw:
         L.append('### The machine\'s ceiling (`bench/membw.c`, same run)')
@@ -1387,15 +1476,21 @@ def prealloc_section(res):
         L.append('')
         rows = []
         for name in sorted(bw, key=lambda n: (n.startswith('huge'),
+                                               'incoming' in n,
                                                'first' not in n, n)):
             m = bw[name]
             parts = name.split('/')
-            what = (f'{parts[0]} {parts[1].replace("G", " GiB")}' +
-                    (', first touch of the reserved pool' if 'first' in name
-                     else ''))
+            what = f'{parts[0]} {parts[1].replace("G", " GiB")}'
+            if len(parts) > 3:
+                what += ', ' + ('first touch of the reserved pool'
+                                if parts[0] == 'hugetlb' and
+                                parts[3] == 'first'
+                                else MEMBW_NOTES.get(parts[3], parts[3]))
             rows.append([what, parts[2], f'{m["populate"]:.2f} GiB/s',
-                         f'{m["memset"]:.2f} GiB/s',
-                         f'{m["repopulate"]:.2f} GiB/s',
+                         f'{m["memset"]:.2f} GiB/s' if 'memset' in m
+                         else '-',
+                         f'{m["repopulate"]:.2f} GiB/s' if 'repopulate' in m
+                         else '-',
                          m.get('method', '?'),
                          f'{m["cores_others"]:.1f}' if 'cores_others' in m
                          else '?'])
@@ -1506,21 +1601,32 @@ def prealloc_section(res):
                         f'{p}={"on" if r[p] else "off"}'
             if 'error' in r:
                 rows.append([lab.get(key, key), machine, prop or '-',
-                             threads, kind, r['error'], '', '', ''])
+                             threads, kind, r['error'], '', '', '', ''])
                 continue
             field = 'RssAnon' if kind == 'anon' else 'RssShmem'
             rows.append([lab.get(key, key), machine, prop or '-', threads,
                          kind, fmt_secs(r['total_time']),
                          f'{fmt_bytes(r["dst_grown"], True)} {field}',
                          fmt_bytes(r['dst_size']),
-                         'yes' if kind == 'anon' and
-                         r['dst_grown'] >= 16 * GiB * 0.99 else
-                         'no' if kind == 'anon' else
-                         'populated' if r['dst_grown'] >= 16 * GiB * 0.99
-                         else 'no'])
+                         f'+{r.get("dst_threads_extra", "?")}',
+                         ('yes' if r['dst_grown'] >= 16 * GiB * 0.99
+                          else 'no') if kind == 'anon' else
+                         'cannot tell: the zero-page check populated it'
+                         if r['dst_grown'] >= 16 * GiB * 0.99 else 'no'])
+        w = per.get('incoming_warmup')
+        if w:
+            L.append('The first destination that populates 16 GiB pays for '
+                     'memory unused for a while, whichever binary it is '
+                     '(40-60 s instead of 5-15 s here); so the first '
+                     f'preallocating case (`{w.get("case")}`) ran once '
+                     'before them, not counted: ' +
+                     (f'{fmt_secs(w["total_time"])}.' if 'error' not in w
+                      else f'failed: {w["error"]}.'))
+            L.append('')
         L += table(['QEMU', 'machine', 'properties (destination)', 'threads',
                     'destination memory', 'migration', 'destination grew',
-                    'size', 'destination preallocated'], rows)
+                    'size', 'threads added', 'destination preallocated'],
+                   rows)
         L.append('')
     return L
 
