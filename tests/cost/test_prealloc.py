@@ -36,9 +36,17 @@ prealloc-incoming-postcopy: the same with postcopy-ram on both sides.
 Asserts: the destination refuses (postcopy needs unreceived pages
 unpopulated, so that they fault) with its reason, the migration fails, the
 source keeps its 1 GiB.
+
+prealloc-incoming-vmdesc: 1 GiB plugged, the stream written to a file
+(`migrate exec:cat > FILE`) with x-prealloc-incoming on and off, then read
+by the tree's scripts/analyze-migration.py, which needs every section in
+the stream's device description.  Asserts: it reads both streams, the
+early section is there once (with the plugged size) with on and not with
+off, and the device's regular section is there in both.
 """
 
 import glob
+import json
 import os
 import re
 import signal
@@ -47,7 +55,7 @@ import time
 
 from costlib import (GiB, MiB, Backend, test, device_size, fmt_bytes,
                      migrate_to_vm, migration_caps, MACHINE, ACCEL,
-                     BOOT_RAM, DEV)
+                     BOOT_RAM, DEV, ROOT)
 import vmemqtest as vq
 
 SIZE = 4 * GiB
@@ -304,3 +312,52 @@ def t_prealloc_incoming_postcopy(t):
         for vm in (src, dst):
             if vm is not None:
                 t.kill(vm)
+
+
+ANALYZE = os.path.join(ROOT, 'build', 'qemu', 'scripts',
+                       'analyze-migration.py')
+
+
+@test('prealloc-incoming-vmdesc')
+def t_prealloc_incoming_vmdesc(t):
+    # The early section must be in the stream's device description
+    # (QEMU_VM_VMDESCRIPTION), or QEMU's own scripts/analyze-migration.py
+    # cannot read a stream made with x-prealloc-incoming=on.
+    if not os.path.exists(ANALYZE):
+        t.skip(f'no {os.path.relpath(ANALYZE, ROOT)} (make tree)')
+    for incoming in (True, False):
+        what = f'x-prealloc-incoming={"on" if incoming else "off"}'
+        be = Backend('memfd', SIZE, t.tmp)
+        args = prealloc_args(be.obj, SIZE)
+        args[-1] += f',x-prealloc-incoming={"on" if incoming else "off"}'
+        vm = t.vm(args, qtest=True, name='src')
+        plug_once(t, vm, PLUG)
+        path = os.path.join(t.tmp, f'stream-{int(incoming)}')
+        vm.qmp('migrate', uri=f'exec:cat > {path}')
+        deadline = time.monotonic() + 120
+        while True:
+            st = vm.qmp('query-migrate')['status']
+            if st in ('completed', 'failed', 'cancelled'):
+                break
+            t.check(time.monotonic() < deadline, f'{what}: migration {st}')
+            time.sleep(0.1)
+        eq(t, st, 'completed', f'{what}: migration to a file')
+        t.kill(vm)
+        r = subprocess.run(['python3', ANALYZE, '-f', path],
+                           capture_output=True, text=True, timeout=300,
+                           check=False)
+        t.check(r.returncode == 0, f'{what}: analyze-migration.py exited '
+                                   f'with {r.returncode}:\n'
+                                   f'{r.stderr.strip()[-1500:]}')
+        dump = json.loads(r.stdout)
+        early = [k for k in dump if '/virtio-mem-device-early-' in k]
+        late = [k for k in dump if re.search(r'/virtio-mem \(\d+\)$', k)]
+        t.figure(f'{what}: analyze-migration.py read the stream '
+                 f'({fmt_bytes(os.path.getsize(path))}): early sections '
+                 f'{early}, virtio-mem sections {late}')
+        eq(t, len(early), 1 if incoming else 0, f'{what}: early sections')
+        eq(t, len(late), 1, f'{what}: virtio-mem sections')
+        if incoming:
+            eq(t, int(dump[early[0]]['size'], 0), PLUG,
+               f'{what}: size in the early section')
+

@@ -25,6 +25,13 @@ once with 1 GiB plugged and filled (the guest kernel loses its memory and
 panics, its own doing; QEMU warns, stays up, and gives the memory back:
 its RSS drops by at least what the guest had written).
 
+10e: a system reset ends a pending unplug (device_del with the VM stopped,
+then system_reset): with ACPI PCI hot-plug the device is ejected during the
+reset (gone from query-memory-devices at once, DEVICE_DELETED once the VM
+runs again, object-del of the backend works, migration completes); with native PCIe hot-plug (ACPI hot-plug off) it stays, and
+requested-size can change, migration completes, and once the rebooted
+guest runs, device_del is accepted again and the guest ejects the device.
+
 10d (issue 17): device_del + device_add of a dynamic-memslots=on device on
 the backend of a dynamic-memslots=off device that the guest ran code from
 (TCG).  A process keeps code version 1 translated in the device's memory;
@@ -186,6 +193,73 @@ def t10a_on(t):
 @test('10b-device_del-off')
 def t10b_off(t):
     unplug_test(t, False)
+
+
+NATIVE_PCIE = ['-global', 'ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off']
+
+
+@test('10e-system_reset-ends-a-pending-unplug')
+def t10e_reset_pending(t):
+    # device_del with the VM stopped (the guest cannot eject), then
+    # system_reset.  ACPI PCI hot-plug (q35 7.2's default) ejects pending
+    # devices during the reset; a native PCIe slot forgets the attention
+    # button, so the device must stay and be free again.
+    for native in (False, True):
+        what = 'native PCIe' if native else 'ACPI hot-plug'
+        vm = t.vm(memory='1G', maxmem='5G',
+                  extra_args=ROOT_PORT + (NATIVE_PCIE if native else []))
+        add_device(vm, 'vmemR', 'memR', 4 * GiB, True)
+        vm.qmp('stop')
+        vm.qmp('device_del', id='vmemR')
+        desc = qmp_error(t, vm, f'{what}, unplug pending', 'migrate',
+                         uri='exec:cat > /dev/null')
+        t.check('being unplugged' in desc, f'{what}: migrate error: {desc!r}')
+        vm.drain_events()
+        vm.system_reset(wait=False)
+        vm.wait_event('RESET', timeout=30)
+        devs = [d['data']['id'] for d in vm.qmp('query-memory-devices')]
+        t.log(f'{what}: memory devices after system_reset: {devs}')
+        if not native:
+            t.eq(devs, [], f'{what}: memory devices after the reset')
+            # DEVICE_DELETED comes once the VM runs again (as with 7.2
+            # and upstream 10.0, for any device ejected by a reset).
+            vm.qmp('cont')
+            ev = wait_deleted(vm, 'vmemR', timeout=30)
+            t.log(f'{what}: DEVICE_DELETED {ev["data"]}')
+            vm.qmp('object-del', id='memR')
+            migrate_null(t, vm, f'{what}, after the reset')
+            t.kill(vm)
+            continue
+        t.eq(devs, ['vmemR'], f'{what}: memory devices after the reset')
+        # No longer pending: requested-size may change, migration works.
+        set_requested(vm, 'vmemR', 1 * GiB)
+        t.eq(device_info(vm, 'vmemR')['requested-size'], 1 * GiB,
+             f'{what}: requested-size after the reset')
+        set_requested(vm, 'vmemR', 0)
+        deleted = [ev for ev in vm.drain_events('DEVICE_DELETED')
+                   if ev['data'].get('device') == 'vmemR']
+        t.eq(deleted, [], f'{what}: DEVICE_DELETED events')
+        migrate_null(t, vm, f'{what}, after the reset')
+        # And the unplug can be asked for again, once the rebooted guest
+        # runs: the slot refuses a second request for 5 s of guest time
+        # ("already in the process of unplug", 7.2's PCIe code).
+        vm.qmp('cont')
+        vm.wait_ready()
+        dl = vm.deadline(60)
+        while True:
+            reply = vm.qmp_raw('device_del', id='vmemR')
+            if 'error' not in reply:
+                break
+            desc = reply['error']['desc']
+            t.check('already in the process of unplug' in desc and
+                    not dl.expired(), f'{what}: device_del again: {desc!r}')
+            time.sleep(0.5)
+        ev = wait_deleted(vm, 'vmemR', timeout=60)
+        t.log(f'{what}: the guest ejected the device: DEVICE_DELETED '
+              f'{ev["data"]}')
+        vm.qmp('object-del', id='memR')
+        migrate_null(t, vm, f'{what}, after the unplug')
+        t.kill(vm)
 
 
 def guest_eject(vm):
