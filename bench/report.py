@@ -1350,6 +1350,11 @@ MEMBW_NOTES = {'first': 'first pass (warm-up before the cases)',
                'incoming': 'warm-up before the preallocating destinations'}
 
 
+def prealloc_done(r):
+    """Whether an incoming destination grew by (99 % of) what was plugged."""
+    return r['dst_grown'] >= r.get('dst_size', 16 * GiB) * 0.99
+
+
 def prealloc_summary(per, lab, have):
     """The section's findings, computed from the run."""
     L = ['Summary of this run:', '']
@@ -1402,7 +1407,7 @@ def prealloc_summary(per, lab, have):
             continue
         what = f'{lab.get(key, key)}, {machine}' + (
             f', {props}' if props != '-' else '')
-        pre.setdefault(what, []).append(r['dst_grown'] >= 16 * GiB * 0.99)
+        pre.setdefault(what, []).append(prealloc_done(r))
     if pre:
         L.append('- incoming migration, the destination preallocated the '
                  'plugged 16 GiB before the guest could touch it: ' +
@@ -1609,10 +1614,10 @@ def prealloc_section(res):
                          f'{fmt_bytes(r["dst_grown"], True)} {field}',
                          fmt_bytes(r['dst_size']),
                          f'+{r.get("dst_threads_extra", "?")}',
-                         ('yes' if r['dst_grown'] >= 16 * GiB * 0.99
+                         ('yes' if prealloc_done(r)
                           else 'no') if kind == 'anon' else
                          'cannot tell: the zero-page check populated it'
-                         if r['dst_grown'] >= 16 * GiB * 0.99 else 'no'])
+                         if prealloc_done(r) else 'no'])
         w = per.get('incoming_warmup')
         if w:
             L.append('The first destination that populates 16 GiB pays for '
