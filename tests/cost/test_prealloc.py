@@ -360,4 +360,3 @@ def t_prealloc_incoming_vmdesc(t):
         if incoming:
             eq(t, int(dump[early[0]]['size'], 0), PLUG,
                f'{what}: size in the early section')
-

@@ -28,9 +28,10 @@ its RSS drops by at least what the guest had written).
 10e: a system reset ends a pending unplug (device_del with the VM stopped,
 then system_reset): with ACPI PCI hot-plug the device is ejected during the
 reset (gone from query-memory-devices at once, DEVICE_DELETED once the VM
-runs again, object-del of the backend works, migration completes); with native PCIe hot-plug (ACPI hot-plug off) it stays, and
-requested-size can change, migration completes, and once the rebooted
-guest runs, device_del is accepted again and the guest ejects the device.
+runs again, object-del of the backend works, migration completes); with
+native PCIe hot-plug (ACPI hot-plug off) it stays, and requested-size can
+change, migration completes, and once the rebooted guest runs, device_del
+is accepted again and the guest ejects the device.
 
 10d (issue 17): device_del + device_add of a dynamic-memslots=on device on
 the backend of a dynamic-memslots=off device that the guest ran code from
