@@ -2,7 +2,8 @@
 # Included by the top Makefile.
 #
 #   make bench        the full comparison (stock 7.2, patched off/on,
-#                     upstream 10.0 off/on) -> bench/results/<date>-<host>.md,
+#                     upstream 10.0 off/on; unpatched 7.2 of the same build
+#                     in items 3, 5b and 7b) -> bench/results/<date>-<host>.md,
 #                     .json and PNG charts; ~25-30 minutes
 #   make bench-quick  CI check (< 3 minutes): the 1 TiB idle memory saving
 #                     must hold; fails (exit 1) otherwise, skips loudly
@@ -21,6 +22,7 @@ bench: $(QEMU) guest
 	scripts/install-deps.sh base/bench-deps.txt
 	scripts/fetch-stock-qemu.sh
 	scripts/fetch-upstream-qemu.sh
+	scripts/build-base-qemu.sh
 	$(BENCH_PY) bench/run.py $(BENCH_ARGS)
 
 # Only the patched binary and upstream 10.0 take part in the quick check.

@@ -29,6 +29,9 @@ PATCHED = os.path.abspath(os.environ.get('BENCH_PATCHED_QEMU') or
 STOCK_DIR = os.path.join(ROOT, 'build', 'peers', 'stock-7.2')
 UPSTREAM = os.path.join(ROOT, 'build', 'peers', 'upstream-10.0',
                         'qemu-system-x86_64')
+# Unpatched 7.2 built here like PATCHED (scripts/build-base-qemu.sh): what
+# differs from PATCHED is the series alone.
+BASE = os.path.join(ROOT, 'build', 'peers', 'base-7.2', 'qemu-system-x86_64')
 KVM_CPU = ['-cpu', 'qemu64,host-phys-bits=on']
 
 
@@ -67,6 +70,8 @@ def configs(extra_binary=None, extra_label=None):
     """Every QEMU finds its firmware itself: the patched build and Debian's
     7.2 (scripts/fetch-stock-qemu.sh links its data directories) look in
     Debian's /usr/share, upstream's wrapper passes -L for its own prefix.
+    'base' takes part only where the series' own cost is the question
+    (bench/run.py: BASE_SECTIONS).
     extra_binary: one more patched build (e.g. an older one), compared with
     dynamic-memslots=on as 'extra-on'."""
     out = [
@@ -75,6 +80,7 @@ def configs(extra_binary=None, extra_label=None):
         Config('on', 'patched on', PATCHED, True),
         Config('up-off', 'upstream 10.0 off', UPSTREAM, False),
         Config('up-on', 'upstream 10.0 on', UPSTREAM, True),
+        Config('base', 'unpatched 7.2, same build', BASE, None),
     ]
     if extra_binary:
         out.append(Config('extra-on', (extra_label or 'extra binary') + ' on',

@@ -11,19 +11,21 @@ from lib import GiB, MiB, TiB, fmt_bytes, fmt_secs, fmt_size, summary
 
 ACCEL_NAMES = {'qtest': '-accel qtest', 'tcg-paused': 'paused TCG VM (-accel tcg -S)',
                'kvm': 'paused KVM VM (-accel kvm -S)'}
-ORDER = ['stock', 'off', 'on', 'up-off', 'up-on', 'extra-on']
+ORDER = ['stock', 'base', 'off', 'on', 'up-off', 'up-on', 'extra-on']
 COLORS = {'stock': '#555555', 'off': '#d62728', 'on': '#2ca02c',
           'up-off': '#ff7f0e', 'up-on': '#1f77b4', 'limit': '#9467bd',
-          'extra-on': '#8c564b'}
+          'extra-on': '#8c564b', 'base': '#7f7f7f'}
 
 
 def labels(res):
     return {c['key']: c['label'] for c in res['meta']['configs']}
 
 
-def keys(res):
+def keys(res, base=False):
+    """The configurations of the run in report order; unpatched 7.2 of the
+    same build ('base') only for the sections that measure it."""
     have = {c['key'] for c in res['meta']['configs']}
-    return [k for k in ORDER if k in have]
+    return [k for k in ORDER if k in have and (base or k != 'base')]
 
 
 def cell(s, fmt, signed=False):
@@ -351,7 +353,7 @@ def charts(res, stem):
                    ('burst_unplug', 'unplug burst'),
                    ('txn_0', 'txn, 0 aliases'), ('txn_256', 'txn, 256 mapped')]
         rows = []
-        rk = [k for k in keys(res)
+        rk = [k for k in keys(res, True)
               if req_stats(res, accel, k, 'plug_1g')[0]]
         if not rk:
             continue
@@ -681,7 +683,7 @@ def targets(res):
                             f'{fmt_bytes(on["median"], True)} vs upstream on '
                             f'{fmt_bytes(upn["median"], True)}'))
     for accel in res.get('requests', {}):
-        for m in ('plug_net', 'unplug_net'):
+        for m in ('plug_x32', 'unplug_x32'):
             on = req_stats(res, accel, 'on', m)[0]
             upon = req_stats(res, accel, 'up-on', m)[0]
             if on and upon:
@@ -919,12 +921,20 @@ def write(res, stem):
                  '(121 µs and 474 µs for two VMs of the patched binary in '
                  'one run): "net" is a request\'s time less the `STATE` '
                  'request sent just before it, median of the pairs, and is '
-                 'what compares the work of a plug or unplug.')
+                 'what is left of a plug or unplug next to the floor. Its '
+                 'spread is that of the floor (hundreds of µs under TCG), '
+                 'far more than the work: "32 queued" times 32 requests of '
+                 '1 GiB each (32 GiB at 1 GiB steps; with on: 32 memslots '
+                 'mapped, then unmapped) written to the queue first, from '
+                 'the notification to the last completion, per request. '
+                 'That compares the work; the issue-17 goal is on it.')
         L.append('')
         metrics = [('state', 'STATE (floor)'), ('plug_1g', 'plug 1 GiB'),
                    ('unplug_1g', 'unplug 1 GiB'),
                    ('plug_net', 'plug 1 GiB net'),
                    ('unplug_net', 'unplug 1 GiB net'),
+                   ('plug_x32', 'plug 1 GiB, 32 queued'),
+                   ('unplug_x32', 'unplug 1 GiB, 32 queued'),
                    ('burst_plug', 'plug burst 512x2 MiB'),
                    ('burst_unplug', 'unplug burst 512x2 MiB'),
                    ('txn_0', 'transaction, nothing plugged'),
@@ -938,11 +948,12 @@ def write(res, stem):
                 L.append('')
             head = ['config'] + [t for _, t in metrics]
             errs = config_tables(
-                L, head, [(k, lab[k]) for k in ks], metrics,
+                L, head, [(k, lab[k]) for k in keys(res, True)], metrics,
                 lambda k, mt, a=accel: req_stats(res, a, k, mt), fmt_secs,
                 [lambda mt, a=accel, r=r: req_stats(res, a, r, mt)[0]
-                 for r in ('off', 'stock', 'up-on')],
+                 for r in ('off', 'stock', 'base', 'up-on')],
                 'Ratios: against patched off / against stock 7.2 / '
+                'against unpatched 7.2 of the same build / '
                 'against upstream 10.0 on:')
             if errs:
                 L.append('Did not run:')
@@ -1094,9 +1105,9 @@ def migration_section(res, made):
             L, head, rows_of, cols,
             lambda k, c, m=m: mig_stats(res, k, c, m), f,
             [lambda c, r=r, m=m: mig_stats(res, r, c, m)[0]
-             for r in ('off', 'up-on')],
+             for r in ('off', 'base', 'up-on')],
             f'Ratios of the {what}: against patched off / against '
-            'upstream 10.0 on:')
+            'unpatched 7.2 of the same build / against upstream 10.0 on:')
     L += ['Pages sent as zero pages (QEMU\'s `ram.duplicate`):', '']
     config_tables(L, head, rows_of, cols,
                   lambda k, c: mig_stats(res, k, c, 'zero'), fmt_count)
@@ -1248,7 +1259,7 @@ def kvm_migration_section(res):
         return []
     cases = sorted({c for v in per.values() for c in v},
                    key=lambda c: tuple(int(x) for x in c.split('-')))
-    lab, ks = labels(res), [k for k in keys(res) if k in per]
+    lab, ks = labels(res), [k for k in keys(res, True) if k in per]
     rows_of = [(k, lab[k]) for k in ks]
     timeout = res['meta'].get('migration_timeout')
     L = ['## 5b. Migration of a paused KVM VM with partly plugged memslots',
@@ -1274,9 +1285,9 @@ def kvm_migration_section(res):
             L, head, rows_of, cols,
             lambda k, c, m=m: mig_stats(res, k, c, m, 'kvm-migration'), f,
             [lambda c, r=r, m=m: mig_stats(res, r, c, m, 'kvm-migration')[0]
-             for r in ('off', 'up-on')],
+             for r in ('off', 'base', 'up-on')],
             f'Ratios of the {what}: against patched off / against '
-            'upstream 10.0 on:')
+            'unpatched 7.2 of the same build / against upstream 10.0 on:')
     if errs:
         L += ['Did not run:', ''] + errs + ['']
     return L
@@ -1799,7 +1810,7 @@ def tcg_sections(res):
             L += ['Did not run:', ''] + sorted(set(errs)) + ['']
     per = res.get('tcg-hotpath', {})
     if per:
-        ks = [k for k in keys(res) if k in per]
+        ks = [k for k in keys(res, True) if k in per]
         L += ['## 7b. TCG hot path: boot and a memory-heavy guest workload', '']
         L.append('The test guest under TCG (`-m 2G`, boot RAM on node 0, a '
                  '1 TiB `virtio-mem-pci` as node 1): boot (exec to the guest\'s '
@@ -1817,22 +1828,31 @@ def tcg_sections(res):
             L, head, [(k, lab[k]) for k in ks], cols,
             lambda k, c: tcg_hot_stats(res, k, c), fmt_secs,
             [lambda c, r=r: tcg_hot_stats(res, r, c)[0]
-             for r in ('stock', 'up-on')],
-            'Ratios: against stock 7.2 / against upstream 10.0 on:')
+             for r in ('stock', 'base', 'up-on')],
+            'Ratios: against stock 7.2 / against unpatched 7.2 of the same '
+            'build / against upstream 10.0 on:')
         sums = {r.get('checksum') for v in per.values() for r in v
                 if r.get('checksum')}
         L.append(f'Checksums: {", ".join(sorted(sums))} '
                  f'({"the same in every run" if len(sums) == 1 else "DIFFER"}).')
         L.append('')
-        L.append('Goal (issue 17): patched at most 1.02x stock 7.2:')
+        L.append('Goal (issue 17): patched at most 1.02x stock 7.2. '
+                 'Debian\'s stock binary is also built differently (its '
+                 'compiler flags, every feature enabled); unpatched 7.2 of '
+                 'the same build as the patched one differs from it by the '
+                 'series alone, so it is compared too, and so is the build '
+                 'difference itself (unpatched 7.2 of this build against '
+                 'stock 7.2):')
         L.append('')
-        for k in ('off', 'on'):
-            for c, what in cols:
-                if c == 'plug':
-                    continue
-                L.append(goal_line(f'{lab.get(k, k)}, {what}',
-                                   tcg_hot_stats(res, k, c)[0],
-                                   tcg_hot_stats(res, 'stock', c)[0], 1.02))
+        for ref, rname in (('stock', 'stock 7.2'),
+                           ('base', 'unpatched 7.2, same build')):
+            for k in ('off', 'on') + (('base',) if ref == 'stock' else ()):
+                for c, what in cols:
+                    if c == 'plug':
+                        continue
+                    L.append(goal_line(f'{lab.get(k, k)} / {rname}, {what}',
+                                       tcg_hot_stats(res, k, c)[0],
+                                       tcg_hot_stats(res, ref, c)[0], 1.02))
         L.append('')
         if errs:
             L += ['Did not run:', ''] + errs + ['']

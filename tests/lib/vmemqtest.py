@@ -313,9 +313,10 @@ class VirtioMem:
     def max_burst(self):
         return self.qsize // 2
 
-    def submit(self, reqs):
+    def submit(self, reqs, notify=True):
         """Queue up to max_burst (type, addr, nb_blocks) requests, notify
-        once; returns the slots used."""
+        once (unless notify is False: then notify() starts them); returns
+        the slots used."""
         assert 0 < len(reqs) <= self.max_burst
         q = self.qsize
         slots = list(range(len(reqs)))
@@ -332,8 +333,13 @@ class VirtioMem:
                 self.qt.w('w', self.avail + 4 + 2 * ((start + k) % q), 2 * s)
         self.avail_idx = (self.avail_idx + len(slots)) & 0xffff
         self.qt.w('w', self.avail + 2, self.avail_idx)
-        self.qt.w('w', self.notify_addr, 0)
+        if notify:
+            self.notify()
         return slots
+
+    def notify(self):
+        """Kick the queue: the device processes what is available."""
+        self.qt.w('w', self.notify_addr, 0)
 
     def wait(self, n, timeout=120):
         """Poll the used ring until n more requests completed."""
