@@ -71,7 +71,7 @@ def configs(extra_binary=None, extra_label=None):
     7.2 (scripts/fetch-stock-qemu.sh links its data directories) look in
     Debian's /usr/share, upstream's wrapper passes -L for its own prefix.
     'base' takes part only where the series' own cost is the question
-    (bench/run.py: BASE_SECTIONS).
+    (bench/run.py main(): items 3, 5b and 7b).
     extra_binary: one more patched build (e.g. an older one), compared with
     dynamic-memslots=on as 'extra-on'."""
     out = [
