@@ -1105,9 +1105,9 @@ def migration_section(res, made):
             L, head, rows_of, cols,
             lambda k, c, m=m: mig_stats(res, k, c, m), f,
             [lambda c, r=r, m=m: mig_stats(res, r, c, m)[0]
-             for r in ('off', 'base', 'up-on')],
+             for r in ('off', 'up-on')],
             f'Ratios of the {what}: against patched off / against '
-            'unpatched 7.2 of the same build / against upstream 10.0 on:')
+            'upstream 10.0 on:')
     L += ['Pages sent as zero pages (QEMU\'s `ram.duplicate`):', '']
     config_tables(L, head, rows_of, cols,
                   lambda k, c: mig_stats(res, k, c, 'zero'), fmt_count)
