@@ -383,7 +383,14 @@ def guest_view(t, vm, vid, steps):
         set_requested(vm, vid, want)
         st = settle(vm, vid, want)
         bs, online = online_blocks(vm)
-        io = [(d, s, e, n) for d, s, e, n in iomem(vm)]
+        # Linux lists an option ROM in 0xc8000-0xeffff only if its checksum
+        # holds when it scans.  Under SeaBIOS, 0xe8000 starts with a ROM
+        # signature (55 aa, 32 KiB) over bytes that differ from boot to
+        # boot, so one binary shows an 'Adapter ROM' there on some boots
+        # only (1 of 3 boots of stock 7.2 here).  That is firmware, not the
+        # memory layout under test: leave such entries out.
+        io = [(d, s, e, n) for d, s, e, n in iomem(vm)
+              if not (n == 'Adapter ROM' and e < 0x100000)]
         _, cpuinfo = vm.run('grep -c processor /proc/cpuinfo', check=True)
         view.append({'want': want, 'memtotal': st['memtotal'],
                      'delta': st['memtotal'] - base,
