@@ -64,6 +64,10 @@ check-patches: $(STAMP)/fetch
 check-prefixes: $(STAMP)/fetch
 	scripts/check-prefixes.sh
 
+# Issue 17's tests on the series as it had landed before it, and now.
+check-landed: $(QEMU) guest
+	scripts/check-landed.sh
+
 guest: $(STAMP)/deps
 	scripts/build-guest.sh
 
@@ -73,7 +77,8 @@ demo: $(QEMU) guest
 check: $(QEMU) guest
 	tests/run.sh
 
-.PHONY: all deps fetch tree export check-patches check-prefixes guest demo check FORCE
+.PHONY: all deps fetch tree export check-patches check-prefixes check-landed guest \
+	demo check FORCE
 FORCE:
 
 # Suites and benchmarks bring their own targets.
