@@ -8,6 +8,12 @@
 #   make bench-quick  CI check (< 3 minutes): the 1 TiB idle memory saving
 #                     must hold; fails (exit 1) otherwise, skips loudly
 #                     without a usable /dev/kvm
+#   make bench-deb-hotpath
+#                     item 7b (TCG hot path) with the series' own Debian
+#                     package (make deb, Debian's compiler flags and
+#                     configuration) beside stock 7.2, off and on ->
+#                     bench/results/<date>-deb-hotpath.*; the package build
+#                     takes ~20 minutes the first time, the run ~6
 #
 # BENCH_ARGS passes options to bench/run.py (e.g. BENCH_ARGS='--runs 7',
 # BENCH_ARGS='--only migration,idle-cost --runs 1' for the migration and
@@ -30,4 +36,16 @@ bench-quick: $(QEMU)
 	scripts/fetch-upstream-qemu.sh
 	$(BENCH_PY) bench/run.py --quick $(BENCH_ARGS)
 
-.PHONY: bench bench-quick
+# The package is built like stock 7.2, so that patched / stock compares the
+# series alone (the lean build of build/bin differs from stock by itself).
+DEB_QEMU := build/peers/deb-7.2/usr/bin/qemu-system-x86_64
+bench-deb-hotpath: $(QEMU) guest deb
+	scripts/install-deps.sh base/bench-deps.txt
+	scripts/fetch-stock-qemu.sh
+	scripts/fetch-upstream-qemu.sh
+	scripts/build-base-qemu.sh
+	scripts/unpack-deb.sh
+	$(BENCH_PY) bench/run.py --only tcg-hotpath --name deb-hotpath \
+	    --extra-binary $(DEB_QEMU) --extra-label 'patched package' $(BENCH_ARGS)
+
+.PHONY: bench bench-quick bench-deb-hotpath

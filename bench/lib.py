@@ -72,8 +72,9 @@ def configs(extra_binary=None, extra_label=None):
     Debian's /usr/share, upstream's wrapper passes -L for its own prefix.
     'base' takes part only where the series' own cost is the question
     (bench/run.py main(): items 3, 5b and 7b).
-    extra_binary: one more patched build (e.g. an older one), compared with
-    dynamic-memslots=on as 'extra-on'."""
+    extra_binary: one more patched build (e.g. an older one, or the
+    series' Debian package), compared with dynamic-memslots=off and on as
+    'extra-off' and 'extra-on'."""
     out = [
         Config('stock', 'stock 7.2', stock_binary(), None),
         Config('off', 'patched off', PATCHED, False),
@@ -83,8 +84,10 @@ def configs(extra_binary=None, extra_label=None):
         Config('base', 'unpatched 7.2, same build', BASE, None),
     ]
     if extra_binary:
-        out.append(Config('extra-on', (extra_label or 'extra binary') + ' on',
-                          os.path.abspath(extra_binary), True))
+        for key, dyn in (('extra-off', False), ('extra-on', True)):
+            out.append(Config(key, (extra_label or 'extra binary') +
+                              (' on' if dyn else ' off'),
+                              os.path.abspath(extra_binary), dyn))
     return out
 
 

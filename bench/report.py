@@ -11,10 +11,11 @@ from lib import GiB, MiB, TiB, fmt_bytes, fmt_secs, fmt_size, summary
 
 ACCEL_NAMES = {'qtest': '-accel qtest', 'tcg-paused': 'paused TCG VM (-accel tcg -S)',
                'kvm': 'paused KVM VM (-accel kvm -S)'}
-ORDER = ['stock', 'base', 'off', 'on', 'up-off', 'up-on', 'extra-on']
+ORDER = ['stock', 'base', 'off', 'on', 'up-off', 'up-on', 'extra-off',
+         'extra-on']
 COLORS = {'stock': '#555555', 'off': '#d62728', 'on': '#2ca02c',
           'up-off': '#ff7f0e', 'up-on': '#1f77b4', 'limit': '#9467bd',
-          'extra-on': '#8c564b', 'base': '#7f7f7f'}
+          'extra-off': '#e377c2', 'extra-on': '#8c564b', 'base': '#7f7f7f'}
 
 
 def labels(res):
@@ -1844,9 +1845,13 @@ def tcg_sections(res):
                  'difference itself (unpatched 7.2 of this build against '
                  'stock 7.2):')
         L.append('')
+        # An extra binary (--extra-binary) such as the series' Debian
+        # package is built like stock 7.2: compared with stock only.
+        extra = tuple(k for k in ('extra-off', 'extra-on') if k in per)
         for ref, rname in (('stock', 'stock 7.2'),
                            ('base', 'unpatched 7.2, same build')):
-            for k in ('off', 'on') + (('base',) if ref == 'stock' else ()):
+            for k in ('off', 'on') + ((('base',) + extra)
+                                      if ref == 'stock' else ()):
                 for c, what in cols:
                     if c == 'plug':
                         continue

@@ -614,7 +614,8 @@ HOT_PLUG = 2 * GiB
 HOT_MIB = 1024
 HOT_PASSES = 4
 HOT_DEV = 1 * TiB
-TCG_CONFIGS = ('stock', 'base', 'off', 'on', 'up-on', 'extra-on')
+TCG_CONFIGS = ('stock', 'base', 'off', 'on', 'up-on', 'extra-off',
+               'extra-on')
 _MEMRUN_RE = re.compile(r'^memrun: OK (\w+) pages (\d+) (.*)$', re.M)
 
 

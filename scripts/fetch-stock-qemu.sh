@@ -71,20 +71,8 @@ fi
 [ -x "$BIN" ] || die "$BIN is missing after unpacking"
 [ -f "$DEST/usr/lib/x86_64-linux-gnu/qemu/accel-tcg-x86_64.so" ] ||
     die "$DEST has no accel-tcg-x86_64.so (from qemu-system-common)"
-# Firmware/data directories, relative to the relocatable binary.  A
-# directory the packages already created (qemu-system-common ships
-# usr/share/qemu/vhost-user/) gets a link to each system entry it lacks.
-for d in share/qemu share/seabios lib/ipxe/qemu; do
-    [ -d "/usr/$d" ] || die "/usr/$d is missing (see base/test-deps.txt)"
-    if [ ! -e "$DEST/usr/$d" ]; then
-        mkdir -p "$(dirname "$DEST/usr/$d")"
-        ln -s "/usr/$d" "$DEST/usr/$d"
-    elif [ ! -L "$DEST/usr/$d" ]; then
-        for f in "/usr/$d"/*; do
-            [ -e "$DEST/usr/$d/${f##*/}" ] || ln -s "$f" "$DEST/usr/$d/${f##*/}"
-        done
-    fi
-done
+# Firmware/data directories, relative to the relocatable binary.
+"$ROOT/scripts/link-qemu-data.sh" "$DEST"
 
 # --- 2. its shared libraries and firmware (only from base/test-deps.txt) ----
 listed=$(grep -v '^[[:space:]]*#' "$DEPS" | awk 'NF {print $1}')
