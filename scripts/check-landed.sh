@@ -18,7 +18,7 @@
 # the case after the test's own 120 s deadline.
 #
 # Not in 'make check' (the landed cases that hang take 2 minutes each;
-# ~25 minutes in all).  Needs the current build (make) and the guest (make
+# ~20 minutes in all).  Needs the current build (make) and the guest (make
 # guest).  Exit status 1 if a test fails on the current series or does on
 # the landed one what the table does not expect.
 set -eu
