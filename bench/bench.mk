@@ -11,9 +11,11 @@
 #   make bench-deb-hotpath
 #                     item 7b (TCG hot path) with the series' own Debian
 #                     package (make deb, Debian's compiler flags and
-#                     configuration) beside stock 7.2, off and on ->
-#                     bench/results/<date>-deb-hotpath.*; the package build
-#                     takes ~20 minutes the first time, the run ~6
+#                     configuration) as patched off / on and the same
+#                     package build without the series (make deb-unpatched)
+#                     as unpatched 7.2, beside stock 7.2, 12 runs ->
+#                     bench/results/<date>-deb-hotpath.*; the two package
+#                     builds take ~20 minutes each the first time, the run ~12
 #
 # BENCH_ARGS passes options to bench/run.py (e.g. BENCH_ARGS='--runs 7',
 # BENCH_ARGS='--only migration,idle-cost --runs 1' for the migration and
@@ -36,16 +38,18 @@ bench-quick: $(QEMU)
 	scripts/fetch-upstream-qemu.sh
 	$(BENCH_PY) bench/run.py --quick $(BENCH_ARGS)
 
-# The package is built like stock 7.2, so that patched / stock compares the
-# series alone (the lean build of build/bin differs from stock by itself).
+# The packages are built like stock 7.2 (Debian's rules and flags), so that
+# they differ from each other by the series alone; the lean build of
+# build/bin differs from stock by itself.
 DEB_QEMU := build/peers/deb-7.2/usr/bin/qemu-system-x86_64
-bench-deb-hotpath: $(QEMU) guest deb
+DEB_BASE_QEMU := build/peers/deb-base-7.2/usr/bin/qemu-system-x86_64
+bench-deb-hotpath: guest deb deb-unpatched
 	scripts/install-deps.sh base/bench-deps.txt
 	scripts/fetch-stock-qemu.sh
-	scripts/fetch-upstream-qemu.sh
-	scripts/build-base-qemu.sh
 	scripts/unpack-deb.sh
-	$(BENCH_PY) bench/run.py --only tcg-hotpath --name deb-hotpath \
-	    --extra-binary $(DEB_QEMU) --extra-label 'patched package' $(BENCH_ARGS)
+	scripts/unpack-deb.sh unpatched
+	BENCH_PATCHED_QEMU=$(DEB_QEMU) BENCH_BASE_QEMU=$(DEB_BASE_QEMU) \
+	    $(BENCH_PY) bench/run.py --only tcg-hotpath --name deb-hotpath \
+	    --configs stock,base,off,on --runs 12 $(BENCH_ARGS)
 
 .PHONY: bench bench-quick bench-deb-hotpath

@@ -30,8 +30,12 @@ STOCK_DIR = os.path.join(ROOT, 'build', 'peers', 'stock-7.2')
 UPSTREAM = os.path.join(ROOT, 'build', 'peers', 'upstream-10.0',
                         'qemu-system-x86_64')
 # Unpatched 7.2 built here like PATCHED (scripts/build-base-qemu.sh): what
-# differs from PATCHED is the series alone.
-BASE = os.path.join(ROOT, 'build', 'peers', 'base-7.2', 'qemu-system-x86_64')
+# differs from PATCHED is the series alone.  $BENCH_BASE_QEMU overrides it
+# together with $BENCH_PATCHED_QEMU, e.g. with the unpatched and the patched
+# package (make bench-deb-hotpath).
+BASE = os.path.abspath(os.environ.get('BENCH_BASE_QEMU') or
+                       os.path.join(ROOT, 'build', 'peers', 'base-7.2',
+                                    'qemu-system-x86_64'))
 KVM_CPU = ['-cpu', 'qemu64,host-phys-bits=on']
 
 

@@ -1695,9 +1695,11 @@ def main():
     with_base = cfgs
     cfgs = [c for c in cfgs if c.key != 'base']
     # How this run was started (the patched binary's override included).
-    env = os.environ.get('BENCH_PATCHED_QEMU')
+    env = [f'{v}={shlex.quote(os.environ[v])}'
+           for v in ('BENCH_PATCHED_QEMU', 'BENCH_BASE_QEMU')
+           if os.environ.get(v)]
     res['meta']['command'] = ' '.join(
-        ([f'BENCH_PATCHED_QEMU={shlex.quote(env)}'] if env else []) +
+        env +
         ['python3', 'bench/run.py'] + [shlex.quote(a) for a in sys.argv[1:]])
     for c in res['meta']['configs']:
         log(f'{c["key"]:7} {c["binary"]}\n        {c["version"]}')

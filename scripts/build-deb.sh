@@ -5,7 +5,11 @@
 # version BASE+vmem1. Output: build/deb/*.deb and build/deb/SHA256SUMS.
 #
 # QEMU_DEB_VERSION  base source package (default: base/version; see fetch-base.sh)
-# DEB_LOCAL_SUFFIX  local version suffix (default: +vmem1)
+# DEB_LOCAL_SUFFIX  local version suffix (default: +vmem1; +novmem1 unpatched)
+# DEB_UNPATCHED=1   the same build without the series (make deb-unpatched):
+#                   build/deb-unpatched/, a baseline for benchmarks that
+#                   compare the package with Debian's stock one (the build
+#                   here differs from Debian's buildd's by itself)
 # DEB_QEMU_BUILDS   debian/rules builds to run (default: "qemu"; add "microvm"
 #                   for qemu-system-x86_64-microvm)
 # DEB_JOBS          parallel jobs (default and maximum: 2)
@@ -22,14 +26,19 @@ set -eu
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 base=${QEMU_DEB_VERSION:-$(cat base/version)}
-suffix=${DEB_LOCAL_SUFFIX:-+vmem1}
+unpatched=${DEB_UNPATCHED:-0}
+if [ "$unpatched" = 1 ]; then
+    suffix=${DEB_LOCAL_SUFFIX:-+novmem1}
+    series=/dev/null srcdir=build/deb-src-unpatched out=build/deb-unpatched
+else
+    suffix=${DEB_LOCAL_SUFFIX:-+vmem1}
+    series=patches/series srcdir=build/deb-src out=build/deb
+fi
 builds=${DEB_QEMU_BUILDS:-qemu}
 jobs=${DEB_JOBS:-2}
 [ "$jobs" -le 2 ] || jobs=2
 version=$base$suffix
 upstream=${base#1:}            # 7.2+dfsg-7+deb12u18
-srcdir=build/deb-src
-out=build/deb
 log=$out/build.log
 
 say() { echo "build-deb: $*"; }
@@ -52,9 +61,9 @@ scripts/install-deps.sh base/deb-build-deps.txt
 scripts/fetch-base.sh
 
 # Nothing to do if build/deb holds the packages of this version and series
-# (this script and packaging/ count too; remove build/deb to force a rebuild).
-inputs=$( { echo "$version $builds"; cat "$0" packaging/qemu-vhost.conf patches/series
-            for p in $(grep -v '^#' patches/series); do cat "patches/$p"; done; } |
+# (this script and packaging/ count too; remove $out to force a rebuild).
+inputs=$( { echo "$version $builds"; cat "$0" packaging/qemu-vhost.conf "$series"
+            for p in $(grep -v '^#' "$series"); do cat "patches/$p"; done; } |
           sha256sum | cut -d' ' -f1)
 if [ -f "$out/.inputs" ] && [ "$(cat "$out/.inputs")" = "$inputs" ] &&
    (cd "$out" && sha256sum --quiet -c SHA256SUMS 2>/dev/null); then
@@ -75,7 +84,7 @@ dpkg-source -x "build/downloads/qemu_$upstream.dsc" "$tree" > "$srcdir/unpack.lo
 # 4. The series, after Debian's patches, in debian/patches/vmem/.
 mkdir -p "$tree/debian/patches/vmem"
 subjects=
-for p in $(grep -v '^#' patches/series); do
+for p in $(grep -v '^#' "$series"); do
     cp "patches/$p" "$tree/debian/patches/vmem/$p"
     echo "vmem/$p" >> "$tree/debian/patches/series"
     # the Subject header, folded over several lines by git format-patch
@@ -85,7 +94,7 @@ for p in $(grep -v '^#' patches/series); do
     subjects="$subjects    - $s
 "
 done
-count=$(grep -vc '^#' patches/series)
+count=$(grep -vc '^#' "$series" || true)
 
 # The vhost module option for vhost-net beside dynamic memslots, as a conffile
 # of qemu-system-common: /etc/modprobe.d/qemu-vhost.conf.
@@ -98,9 +107,14 @@ email=${DEBEMAIL:-vmem@localhost}
 {
     echo "qemu ($version) bookworm; urgency=medium"
     echo
-    echo "  * Local build with the virtio-mem dynamic-memslots series: $count patches"
-    echo "    in debian/patches/vmem/, appended to debian/patches/series:"
-    printf '%s' "$subjects"
+    if [ "$unpatched" = 1 ]; then
+        echo "  * Local build without the virtio-mem dynamic-memslots series (the"
+        echo "    baseline of the series' package: built the same way)."
+    else
+        echo "  * Local build with the virtio-mem dynamic-memslots series: $count patches"
+        echo "    in debian/patches/vmem/, appended to debian/patches/series:"
+        printf '%s' "$subjects"
+    fi
     echo "  * qemu-system-common: /etc/modprobe.d/qemu-vhost.conf sets the vhost"
     echo "    module's max_mem_regions to 509, so that vhost-net leaves virtio-mem"
     echo "    devices their dynamic memslots."

@@ -7,4 +7,9 @@ deb:
 check-deb: deb
 	scripts/check-deb.sh
 
-.PHONY: deb check-deb
+# The same packages without the series (build/deb-unpatched): the baseline
+# of bench-deb-hotpath.
+deb-unpatched:
+	DEB_UNPATCHED=1 scripts/build-deb.sh
+
+.PHONY: deb check-deb deb-unpatched
