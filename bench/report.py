@@ -1,5 +1,6 @@
 """Markdown report and gnuplot charts of a bench/run.py result (JSON)."""
 
+import math
 import os
 import statistics
 import shutil
@@ -1306,13 +1307,50 @@ def tcg_hot_stats(res, key, metric):
             first_error(rows))
 
 
-def goal_line(what, a, b, bound):
-    """'what: a/b = r (goal <= bound): PASS|MISS' from two summaries."""
+def rank_test(xs, ys):
+    """Two-sided p of the Mann-Whitney U test (normal approximation, ties
+    ranked by their mean): the probability that runs of two binaries that
+    do not differ would split as unevenly as xs and ys do."""
+    xs, ys = list(xs), list(ys)
+    if len(xs) < 4 or len(ys) < 4:
+        return None
+    both = sorted([(v, 0) for v in xs] + [(v, 1) for v in ys])
+    ranks = [0.0] * len(both)
+    i = 0
+    while i < len(both):
+        j = i
+        while j < len(both) and both[j][0] == both[i][0]:
+            j += 1
+        for k in range(i, j):
+            ranks[k] = (i + j + 1) / 2
+        i = j
+    n1, n2 = len(xs), len(ys)
+    u = sum(r for r, (_, side) in zip(ranks, both) if side == 0) - \
+        n1 * (n1 + 1) / 2
+    z = (u - n1 * n2 / 2) / math.sqrt(n1 * n2 * (n1 + n2 + 1) / 12)
+    return math.erfc(abs(z) / math.sqrt(2))
+
+
+def tcg_hot_runs(res, key, metric):
+    return [r[metric] for r in res.get('tcg-hotpath', {}).get(key, [])
+            if 'error' not in r and r.get(metric) is not None]
+
+
+def goal_line(what, a, b, bound, runs=None):
+    """'what: a/b = r (goal <= bound): PASS|MISS' from two summaries; with
+    runs (the two configurations' single figures) also whether the runs
+    differ more than chance would make them."""
     if not a or not b:
         return f'- {what}: NOT MEASURED (a configuration was not run or failed)'
     r = a['median'] / b['median']
-    return (f'- {what}: {r:.3f} (goal at most {bound}): '
+    line = (f'- {what}: {r:.3f} (goal at most {bound}): '
             f'{"PASS" if r <= bound else "MISS"}')
+    p = rank_test(*runs) if runs else None
+    if p is not None:
+        line += (f' (rank test p = {p:.3f}: ' +
+                 ('the runs differ)' if p < 0.05 else
+                  'not distinguishable from the spread between runs)'))
+    return line
 
 
 def vhost_stats(res, name, n, metric='kernel'):
@@ -1857,7 +1895,9 @@ def tcg_sections(res):
                         continue
                     L.append(goal_line(f'{lab.get(k, k)} / {rname}, {what}',
                                        tcg_hot_stats(res, k, c)[0],
-                                       tcg_hot_stats(res, ref, c)[0], 1.02))
+                                       tcg_hot_stats(res, ref, c)[0], 1.02,
+                                       (tcg_hot_runs(res, k, c),
+                                        tcg_hot_runs(res, ref, c))))
         L.append('')
         if errs:
             L += ['Did not run:', ''] + errs + ['']
