@@ -619,11 +619,12 @@ TCG_CONFIGS = ('stock', 'base', 'off', 'on', 'up-on', 'extra-off',
 _MEMRUN_RE = re.compile(r'^memrun: OK (\w+) pages (\d+) (.*)$', re.M)
 
 
-def tcg_guest(cfg, dev_size, boot):
+def tcg_guest(cfg, dev_size, boot, append_extra=''):
     """A test guest under TCG with boot RAM on NUMA node 0 and the device
-    (nothing plugged) as node 1."""
+    (nothing plugged) as node 1; append_extra goes on the kernel's command
+    line."""
     sys.path.insert(0, os.path.join(lib.ROOT, 'tests', 'lib'))
-    from vmguest import GuestVM  # pylint: disable=C0415
+    from vmguest import GuestVM, DEFAULT_APPEND  # pylint: disable=C0415
     extra = cfg.fw_args + [
         '-cpu', 'qemu64,phys-bits=48',
         '-object', f'memory-backend-ram,id=ram0,size={boot // MiB}M',
@@ -634,6 +635,7 @@ def tcg_guest(cfg, dev_size, boot):
                    f'requested-size=0,{cfg.vmem_props()}']
     return GuestVM(binary=cfg.binary, memory=f'{boot // MiB}M',
                    maxmem=f'{(boot + dev_size) // MiB}M', extra_args=extra,
+                   append=f'{DEFAULT_APPEND} {append_extra}'.strip(),
                    boot_timeout=300)
 
 
